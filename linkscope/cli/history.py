@@ -1,0 +1,1 @@
+"""`linkscope history` commands (placeholder until its issue lands; registers nothing yet)."""

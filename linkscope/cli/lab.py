@@ -1,0 +1,1 @@
+"""`linkscope lab` commands (placeholder until its issue lands; registers nothing yet)."""

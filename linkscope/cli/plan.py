@@ -1,0 +1,1 @@
+"""`linkscope plan` commands (placeholder until its issue lands; registers nothing yet)."""

@@ -1,0 +1,1 @@
+"""`linkscope probe` commands (placeholder until its issue lands; registers nothing yet)."""

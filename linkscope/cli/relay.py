@@ -1,0 +1,1 @@
+"""`linkscope relay` commands (placeholder until its issue lands; registers nothing yet)."""

@@ -1,0 +1,1 @@
+"""Rich rendering, one module per command group; no logic beyond presentation."""
