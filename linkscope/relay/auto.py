@@ -1,0 +1,566 @@
+"""`relay --auto`: probe, plan, apply, and keep it right.
+
+The loop, once per ``interval``:
+
+1. *measure* — light probes, all at once: from here, a ping to the target and to every relay;
+   through each relay's agent (its authenticated probe service), pings to every other relay and to
+   the target. Each segment's samples feed its ``LinkEstimate`` (EWMA RTT, windowed loss, as RON).
+   An agent that does not answer makes every segment through it dead for the round.
+2. *plan* — the estimates become the planner's graph; ``plan_chains`` ranks the chains under the
+   chosen cost model, and the current chain is evaluated exactly (it may have left the top K).
+3. *decide* — the pure ``Decider`` (``relay/decide.py``) turns that round into one decision:
+   keep, hold, switch (after the hysteresis), failover (at once), stranded.
+4. *apply* — the entry's chain for NEW connections is swapped; open connections keep theirs.
+   Chain-up failures reported by the entry go straight to the decider, which fails over at once,
+   without waiting for the next round.
+
+Every decision is logged (one structured line), kept for the status view and stored in the history
+database. Everything that is not I/O (estimates → graph → candidates → decision) is a plain
+function or the decider, so tests drive it with scripted measurements.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import statistics
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import networkx as nx
+
+from linkscope.errors import InputError
+from linkscope.inventory import Inventory, Node
+from linkscope.relay.decide import (
+    DIRECT,
+    EWMA_ALPHA,
+    LOSS_WINDOW,
+    Candidate,
+    Chain,
+    ChainFailed,
+    Decider,
+    Decision,
+    LinkEstimate,
+    Round,
+    Segment,
+    segments,
+)
+
+MODELS = ("interactive", "latency", "loss", "throughput")
+SOURCE = "local"
+"""The planner's name for this machine (the entry)."""
+
+Samples = list[float | None]
+
+
+@dataclass(frozen=True)
+class AutoConfig:
+    """What `relay --auto` runs with (validated by ``check()``)."""
+
+    target_host: str
+    target_port: int
+    target_name: str
+    nodes: Inventory
+    model: str = "interactive"
+    interval: float = 10.0
+    hysteresis: float = 0.10
+    rounds: int = 3
+    max_hops: int = 3
+    alternatives: int = 5
+    probe_count: int = 10
+    probe_interval: float = 0.05
+    probe_timeout: float = 1.0
+    alpha: float = EWMA_ALPHA
+    loss_window: int = LOSS_WINDOW
+    chain_timeout: float = 3.0
+
+    def check(self) -> None:
+        """Raise InputError (exit 2) for values the loop cannot run with."""
+        if self.model not in MODELS:
+            raise InputError(f"unknown --optimize model {self.model!r}; use one of {MODELS}")
+        if not (self.interval > 0 and math.isfinite(self.interval)):
+            raise InputError(f"--interval must be a positive number of seconds, not {self.interval}")
+        if not (0.0 <= self.hysteresis < 1.0):
+            raise InputError(f"--hysteresis must be a fraction in [0, 1), not {self.hysteresis}")
+        if self.rounds < 1:
+            raise InputError(f"--rounds must be at least 1, not {self.rounds}")
+        if self.max_hops < 0:
+            raise InputError(f"--max-hops must be at least 0, not {self.max_hops}")
+        if self.probe_count < 1:
+            raise InputError(f"--probe-count must be at least 1, not {self.probe_count}")
+        if self.loss_window < 1:
+            raise InputError(f"--loss-window must be at least 1, not {self.loss_window}")
+        if not 0.0 <= self.alpha < 1.0:
+            raise InputError(f"--alpha must be in [0, 1), not {self.alpha}")
+        if self.target_name in self.nodes.nodes or self.target_name == SOURCE:
+            raise InputError(
+                f"the target {self.target_name!r} has the name of a relay node; "
+                "give the target by address"
+            )
+
+
+# -- measurement --------------------------------------------------------------------------------
+class Prober(Protocol):
+    """How a round is measured; the real one sends packets, tests may script it."""
+
+    async def local(self, host: str) -> Samples:
+        """Probe ``host`` from here: one RTT in ms per answered probe, None per lost one."""
+        ...
+
+    async def via_agent(self, node: Node, hosts: Sequence[str]) -> Mapping[str, Samples]:
+        """Ask ``node``'s agent to probe ``hosts``; raises when the agent does not answer."""
+        ...
+
+
+@dataclass(frozen=True)
+class RoundSamples:
+    """What one measurement round produced."""
+
+    samples: Mapping[Segment, Samples]
+    agents_down: Mapping[str, str]  # node name -> why its agent did not answer
+    duration_s: float
+
+
+async def measure_round(
+    prober: Prober, cfg: AutoConfig, *, timeout: float | None = None
+) -> RoundSamples:
+    """Measure every segment once, concurrently: local probes and one request per agent."""
+    t0 = time.monotonic()
+    nodes = list(cfg.nodes.nodes.values())
+    host_name = {n.host: n.name for n in nodes}
+    host_name[cfg.target_host] = cfg.target_name
+    local_hosts = [cfg.target_host, *[n.host for n in nodes]]
+    limit = timeout if timeout is not None else _round_budget(cfg)
+
+    async def local(host: str) -> tuple[str, Samples | BaseException]:
+        try:
+            async with asyncio.timeout(limit):
+                return host, await prober.local(host)
+        except Exception as exc:  # a probe that fails counts as total loss this round
+            return host, exc
+
+    async def agent(node: Node) -> tuple[Node, Mapping[str, Samples] | BaseException]:
+        hosts = [cfg.target_host, *[n.host for n in nodes if n.name != node.name]]
+        try:
+            async with asyncio.timeout(limit):
+                return node, await prober.via_agent(node, hosts)
+        except Exception as exc:
+            return node, exc
+
+    async with asyncio.TaskGroup() as tg:
+        local_tasks = [tg.create_task(local(h), name=f"probe-local-{h}") for h in local_hosts]
+        agent_tasks = [tg.create_task(agent(n), name=f"probe-agent-{n.name}") for n in nodes]
+
+    out: dict[Segment, Samples] = {}
+    down: dict[str, str] = {}
+    for t in local_tasks:
+        host, res = t.result()
+        out[(SOURCE, host_name[host])] = [] if isinstance(res, BaseException) else list(res)
+    for ta in agent_tasks:
+        node, ares = ta.result()
+        peers = [cfg.target_name, *[n.name for n in nodes if n.name != node.name]]
+        if isinstance(ares, BaseException):
+            down[node.name] = _why(ares)
+            for p in peers:
+                out[(node.name, p)] = []
+            continue
+        for host, s in ares.items():
+            name = host_name.get(host)
+            if name is not None and name != node.name:
+                out[(node.name, name)] = list(s)
+        for p in peers:
+            out.setdefault((node.name, p), [])
+    return RoundSamples(out, down, time.monotonic() - t0)
+
+
+def _round_budget(cfg: AutoConfig) -> float:
+    """How long one probe of a round may take: all its pings plus the last one's timeout."""
+    return cfg.probe_count * cfg.probe_interval + cfg.probe_timeout + 2.0
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# -- estimates → graph → candidates (pure) --------------------------------------------------------
+@dataclass(frozen=True)
+class SegmentStatus:
+    segment: Segment
+    rtt_ms: float | None
+    jitter_ms: float
+    loss: float | None
+    dead: bool
+    samples: int
+
+
+@dataclass(frozen=True)
+class ChainStatus:
+    """A chain's predicted metrics this round (``gain`` over direct, None when unknown)."""
+
+    hops: Chain
+    rtt_ms: float | None
+    loss: float | None
+    cost: float | None
+    gain: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "hops": list(self.hops),
+            "rtt_ms": _finite(self.rtt_ms),
+            "loss": _finite(self.loss),
+            "cost": _finite(self.cost),
+            "gain": _finite(self.gain),
+        }
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else round(x, 4)
+
+
+class Estimates:
+    """Per-segment ``LinkEstimate``s, and the agents that did not answer in the last round."""
+
+    def __init__(self, *, alpha: float = EWMA_ALPHA, window: int = LOSS_WINDOW) -> None:
+        self.alpha = alpha
+        self.window = window
+        self.links: dict[Segment, LinkEstimate] = {}
+        self.agents_down: dict[str, str] = {}
+        self.measured_at: float | None = None
+
+    def observe(self, rs: RoundSamples, at: float | None = None) -> None:
+        for seg, s in rs.samples.items():
+            est = self.links.get(seg)
+            if est is None:
+                est = self.links[seg] = LinkEstimate(alpha=self.alpha, window=self.window)
+            est.observe(s)
+        self.agents_down = dict(rs.agents_down)
+        self.measured_at = time.time() if at is None else at
+
+    def dead(self) -> frozenset[Segment]:
+        """Segments dead this round: total loss, or through an agent that did not answer."""
+        out = {seg for seg, e in self.links.items() if e.dead}
+        out.update((SOURCE, n) for n in self.agents_down)
+        return frozenset(out)
+
+    def graph(self) -> nx.DiGraph:
+        """The planner's graph: one edge per live, measured segment (dead ones are left out)."""
+        from linkscope.graph import add_edge
+
+        g = nx.DiGraph()
+        dead = self.dead()
+        for (u, v), e in self.links.items():
+            if (u, v) in dead or e.rtt_ms is None or e.loss is None:
+                continue
+            add_edge(
+                g,
+                u,
+                v,
+                rtt_ms=e.rtt_ms,
+                loss=e.loss,
+                jitter_ms=e.jitter_ms,
+                measured_at=self.measured_at,
+                source="local" if u == SOURCE else "agent",
+            )
+        return g
+
+    def status(self) -> tuple[SegmentStatus, ...]:
+        dead = self.dead()
+        return tuple(
+            SegmentStatus(seg, e.rtt_ms, e.jitter_ms, e.loss, seg in dead, e.samples)
+            for seg, e in sorted(self.links.items())
+        )
+
+
+def evaluate(
+    g: nx.DiGraph,
+    target: str,
+    *,
+    model: str,
+    max_hops: int,
+    alternatives: int,
+    current: Chain | None,
+    dead: Iterable[Segment] = (),
+) -> tuple[Round, tuple[ChainStatus, ...]]:
+    """Rank the chains of ``g`` (and evaluate ``current`` exactly) for the decider and the view.
+
+    Costs become "lower is better" for every model: the throughput model's predicted rate is
+    turned into its inverse.
+    """
+    from linkscope.plan import plan_chains
+
+    out: dict[Chain, ChainStatus] = {}
+    if SOURCE in g and target in g:
+        plan = plan_chains(
+            g, SOURCE, target, model=model, max_hops=max_hops, alternatives=alternatives
+        )
+        for est in (plan.direct, *plan.chains):
+            if est is not None:
+                cs = _chain_status(est)
+                out.setdefault(cs.hops, cs)
+        if current is not None and current not in out and _has_path(g, current, target):
+            try:
+                exact = plan_chains(
+                    g, SOURCE, target, model=model, chain=list(current), max_hops=max(
+                        max_hops, len(current)
+                    )
+                )
+            except Exception:  # the current chain cannot be evaluated: it is not a candidate
+                exact = None
+            if exact is not None:
+                for est in exact.chains:
+                    cs = _chain_status(est)
+                    if cs.hops == current:
+                        out[cs.hops] = cs
+    ranked = sorted(out.values(), key=lambda c: (_cost(model, c), len(c.hops), c.hops))
+    rnd = Round(
+        tuple(Candidate(c.hops, _cost(model, c)) for c in ranked), frozenset(dead)
+    )
+    return rnd, tuple(ranked)
+
+
+def _has_path(g: nx.DiGraph, chain: Chain, target: str) -> bool:
+    return all(g.has_edge(u, v) for u, v in segments(SOURCE, chain, target))
+
+
+def _chain_status(est: Any) -> ChainStatus:
+    return ChainStatus(
+        hops=tuple(est.hops),
+        rtt_ms=getattr(est, "rtt_ms", None),
+        loss=getattr(est, "loss", None),
+        cost=getattr(est, "cost", None),
+        gain=getattr(est, "gain", None),
+    )
+
+
+def _cost(model: str, c: ChainStatus) -> float:
+    """The decider's cost (lower is better, inf when unknown) from the planner's figure."""
+    if c.cost is None or math.isnan(c.cost):
+        return math.inf
+    if model == "throughput":
+        return math.inf if c.cost <= 0 else 1.0 / c.cost
+    return c.cost if c.cost >= 0 else math.inf
+
+
+# -- the running relay ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AutoStatus:
+    """A snapshot for the status view and the logs."""
+
+    listen: str
+    target: str
+    model: str
+    round_no: int
+    current: Chain | None
+    current_segments: tuple[Segment, ...]
+    segments: tuple[SegmentStatus, ...]
+    candidates: tuple[ChainStatus, ...]
+    predicted: ChainStatus | None
+    observed_setup_ms: float | None
+    observed_rtt_ms: float | None
+    connections_total: int
+    connections_open: int
+    chain_failures: int
+    switches: int
+    failovers: int
+    decisions: tuple[tuple[float, Decision], ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "listen": self.listen,
+            "target": self.target,
+            "model": self.model,
+            "round": self.round_no,
+            "chain": None if self.current is None else list(self.current),
+            "predicted": None if self.predicted is None else self.predicted.to_dict(),
+            "observed": {
+                "chain_up_p50_ms": _finite(self.observed_setup_ms),
+                "segments_rtt_ms": _finite(self.observed_rtt_ms),
+            },
+            "segments": [
+                {
+                    "from": s.segment[0],
+                    "to": s.segment[1],
+                    "rtt_ms": _finite(s.rtt_ms),
+                    "jitter_ms": _finite(s.jitter_ms),
+                    "loss": _finite(s.loss),
+                    "dead": s.dead,
+                    "samples": s.samples,
+                }
+                for s in self.segments
+            ],
+            "chains": [c.to_dict() for c in self.candidates],
+            "connections": {
+                "total": self.connections_total,
+                "open": self.connections_open,
+                "chain_failures": self.chain_failures,
+            },
+            "switches": self.switches,
+            "failovers": self.failovers,
+            "decisions": [{"at": at, **d.to_dict()} for at, d in self.decisions],
+        }
+
+
+DecisionSink = Callable[[Decision, AutoStatus], None]
+
+
+@dataclass
+class AutoRelay:
+    """The loop's state: estimates, decider, last candidates, counters."""
+
+    cfg: AutoConfig
+    prober: Prober
+    listen: str = ""
+    on_decision: DecisionSink | None = None
+    estimates: Estimates = field(init=False)
+    decider: Decider = field(init=False)
+    candidates: tuple[ChainStatus, ...] = ()
+    decisions: deque[tuple[float, Decision]] = field(default_factory=lambda: deque(maxlen=50))
+    setup_ms: deque[float] = field(default_factory=lambda: deque(maxlen=20))
+    connections_total: int = 0
+    connections_open: int = 0
+    chain_failures: int = 0
+    last_round: RoundSamples | None = None
+
+    def __post_init__(self) -> None:
+        self.estimates = Estimates(alpha=self.cfg.alpha, window=self.cfg.loss_window)
+        self.decider = Decider(
+            SOURCE, self.cfg.target_name, hysteresis=self.cfg.hysteresis, rounds=self.cfg.rounds
+        )
+
+    @property
+    def current(self) -> Chain | None:
+        return self.decider.current
+
+    def current_nodes(self) -> list[Node]:
+        """The relay nodes of the current chain, for the entry."""
+        return [self.cfg.nodes.nodes[n] for n in (self.current or DIRECT)]
+
+    # -- one round --
+    async def probe_round(self) -> Decision:
+        """Measure, plan and decide once."""
+        rs = await measure_round(self.prober, self.cfg)
+        return self.feed(rs)
+
+    def feed(self, rs: RoundSamples, at: float | None = None) -> Decision:
+        """Feed one round's samples (pure apart from the clock): estimates, plan, decision."""
+        self.last_round = rs
+        self.estimates.observe(rs, at)
+        dead = self.estimates.dead()
+        rnd, self.candidates = evaluate(
+            self.estimates.graph(),
+            self.cfg.target_name,
+            model=self.cfg.model,
+            max_hops=self.cfg.max_hops,
+            alternatives=self.cfg.alternatives,
+            current=self.decider.current,
+            dead=dead,
+        )
+        return self._record(self.decider.on_round(rnd))
+
+    def chain_failed(self, chain: Chain, reason: str, segment: Segment | None) -> Decision | None:
+        """The entry could not bring ``chain`` up: fail over at once if it is the current one."""
+        self.chain_failures += 1
+        d = self.decider.on_chain_failed(ChainFailed(chain, reason, segment))
+        return None if d is None else self._record(d)
+
+    def chain_up(self, setup_ms: float) -> None:
+        self.setup_ms.append(setup_ms)
+
+    def _record(self, d: Decision) -> Decision:
+        self.decisions.append((time.time(), d))
+        if self.on_decision is not None:
+            self.on_decision(d, self.status())
+        return d
+
+    # -- views --
+    def predicted(self) -> ChainStatus | None:
+        cur = self.current
+        return next((c for c in self.candidates if c.hops == cur), None)
+
+    def status(self) -> AutoStatus:
+        cur = self.current
+        segs = segments(SOURCE, cur, self.cfg.target_name) if cur is not None else ()
+        rtts = [self.estimates.links[s].rtt_ms for s in segs if s in self.estimates.links]
+        observed_rtt = (
+            sum(r for r in rtts if r is not None)
+            if rtts and all(r is not None for r in rtts)
+            else None
+        )
+        return AutoStatus(
+            listen=self.listen,
+            target=f"{self.cfg.target_host}:{self.cfg.target_port}",
+            model=self.cfg.model,
+            round_no=self.decider.round_no,
+            current=cur,
+            current_segments=segs,
+            segments=self.estimates.status(),
+            candidates=self.candidates,
+            predicted=self.predicted(),
+            observed_setup_ms=statistics.median(self.setup_ms) if self.setup_ms else None,
+            observed_rtt_ms=observed_rtt,
+            connections_total=self.connections_total,
+            connections_open=self.connections_open,
+            chain_failures=self.chain_failures,
+            switches=self.decider.switches,
+            failovers=self.decider.failovers,
+            decisions=tuple(self.decisions),
+        )
+
+    async def run_rounds(
+        self,
+        apply: Callable[[Decision], Awaitable[None] | None],
+        stop: asyncio.Event,
+        *,
+        tick: Callable[[], None] | None = None,
+    ) -> None:
+        """Re-measure every ``interval`` until ``stop`` is set, applying every decision."""
+        while not stop.is_set():
+            started = time.monotonic()
+            d = await self.probe_round()
+            res = apply(d)
+            if res is not None:
+                await res
+            if tick is not None:
+                tick()
+            delay = max(0.0, self.cfg.interval - (time.monotonic() - started))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await stop.wait()
+
+
+def suspect_segment(chain: Chain, target: str, hop_index: int | None, onward: bool) -> Segment | None:
+    """The segment to blame for a chain-up failure.
+
+    ``hop_index`` is the 0-based index of the hop that reported (or failed to answer); ``onward``
+    says it could not connect to the next hop (then the segment after it is at fault), otherwise
+    the segment leading to it.
+    """
+    if hop_index is None:
+        return None
+    segs = segments(SOURCE, chain, target)
+    i = hop_index + 1 if onward else hop_index
+    return segs[i] if 0 <= i < len(segs) else None
+
+
+__all__ = [
+    "MODELS",
+    "SOURCE",
+    "AutoConfig",
+    "AutoRelay",
+    "AutoStatus",
+    "ChainStatus",
+    "Estimates",
+    "Prober",
+    "RoundSamples",
+    "SegmentStatus",
+    "evaluate",
+    "measure_round",
+    "suspect_segment",
+]

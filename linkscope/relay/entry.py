@@ -1,0 +1,285 @@
+"""The entry: applies a chain to local client connections, and the client-side chain API.
+
+``open_chain(hops, target)`` connects to the first hop, sends the nested header, waits for the
+chain-up status and returns the connected socket (or raises ``ChainRefused`` naming the hop and
+the reason). ``Entry`` is the listener of ``linkscope relay``: each accepted client gets
+``open_chain`` with the chain current at accept time, then the pump. ``set_chain`` swaps the
+chain for NEW connections only; existing ones stay on theirs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from linkscope.errors import Refused, RelayError, RemoteProtocolError
+from linkscope.relay.metrics import RelayMetrics
+from linkscope.relay.net import Listener, bind_listener, connect_address, recv_exact, resolve
+from linkscope.relay.pump import DEFAULT_MODE, PumpMode, pump
+from linkscope.wire import (
+    STATUS_LEN,
+    HopSpec,
+    Status,
+    WireError,
+    build_chain,
+    build_probe,
+    decode_probe_length,
+    decode_status,
+    status_reason,
+)
+
+log = logging.getLogger("linkscope.relay.entry")
+
+
+class HopLike(Protocol):
+    """Anything naming an agent and its key: ``inventory.Node`` and ``wire.HopSpec`` both fit."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def key(self) -> bytes: ...
+
+
+class ChainRefused(Refused):
+    """Hop ``index`` (``hop`` = its name) of the chain refused with status ``code``."""
+
+    def __init__(self, hop: str, index: int, code: int, detail: str = "") -> None:
+        self.index = index
+        self.code = code
+        reason = status_reason(code) + (f" ({detail})" if detail else "")
+        super().__init__(hop, reason)
+
+
+def _spec(hop: HopLike) -> HopSpec:
+    return HopSpec(hop.name, hop.host, hop.port, hop.key)
+
+
+async def _connect_first(hop: HopLike, timeout: float) -> socket.socket:
+    try:
+        infos = await resolve(hop.host, hop.port)
+    except OSError as exc:
+        raise ChainRefused(hop.name, 0, Status.RESOLVE_FAILED, f"entry cannot resolve {hop.host}") from exc
+    last: WireError | None = None
+    for family, address in infos:
+        try:
+            return await connect_address(family, address, hop.port, timeout)
+        except WireError as exc:
+            last = exc
+    assert last is not None
+    raise ChainRefused(hop.name, 0, last.code, f"from the entry: {last.detail}") from last
+
+
+async def open_chain(
+    hops: Sequence[HopLike], target: tuple[str, int], *, timeout: float = 10.0
+) -> socket.socket:
+    """A non-blocking socket through ``hops`` to ``target``, the chain confirmed up.
+
+    Raises ``ChainRefused`` (a ``Refused``: ``.hop``, ``.index``, ``.code``, ``.reason``) when a
+    hop refuses or cannot be reached, ``RelayError`` when the chain does not come up in time.
+    """
+    specs = [_spec(h) for h in hops]
+    header = build_chain(specs, target)
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout):
+            sock = await _connect_first(hops[0], timeout)
+            try:
+                await loop.sock_sendall(sock, header)
+                status = await recv_exact(sock, STATUS_LEN)
+            except BaseException:
+                sock.close()
+                raise
+    except TimeoutError:
+        raise RelayError(f"chain {_names(hops)} did not come up within {timeout:g} s") from None
+    except OSError as exc:
+        raise ChainRefused(hops[0].name, 0, Status.NEXT_HOP_PROTOCOL, str(exc)) from exc
+    if len(status) != STATUS_LEN:
+        sock.close()
+        raise ChainRefused(hops[0].name, 0, Status.NEXT_HOP_PROTOCOL, "closed without a status")
+    code, depth = decode_status(status)
+    if code != Status.OK:
+        sock.close()
+        if depth >= len(hops):
+            raise RemoteProtocolError(f"refusal from hop {depth} of a {len(hops)}-hop chain")
+        raise ChainRefused(hops[depth].name, depth, code)
+    if depth != len(hops) - 1:
+        sock.close()
+        raise RemoteProtocolError(f"chain-up from depth {depth}, expected {len(hops) - 1}")
+    return sock
+
+
+def _names(hops: Sequence[HopLike]) -> str:
+    return ",".join(h.name for h in hops)
+
+
+async def probe_via_agent(
+    node: HopLike,
+    targets: Sequence[str],
+    ports: Sequence[int] = (),
+    count: int = 3,
+    *,
+    timeout: float = 30.0,
+) -> dict[str, Any]:
+    """Ask ``node``'s agent to ping/TCP-probe ``targets``; its JSON results as a dict.
+
+    ``{"results": [{"target", "address", "ping": {...} | null, "tcp": [{...}], "error"?}],
+    "measured_at": unix time}``. Raises ChainRefused when the agent refuses (rate limit, MAC...).
+    """
+    frame = build_probe(node.key, targets, ports, count)
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout):
+            sock = await _connect_first(node, timeout)
+            try:
+                await loop.sock_sendall(sock, frame)
+                status = await recv_exact(sock, STATUS_LEN)
+                if len(status) == STATUS_LEN and status[0] == Status.OK:
+                    n = decode_probe_length(await recv_exact(sock, 4))
+                    payload = await recv_exact(sock, n)
+                    if len(payload) != n:
+                        raise RemoteProtocolError("probe response truncated")
+                    result: dict[str, Any] = json.loads(payload)
+                    return result
+            finally:
+                sock.close()
+    except TimeoutError:
+        raise RelayError(f"probe via {node.name} timed out after {timeout:g} s") from None
+    except OSError as exc:
+        raise ChainRefused(node.name, 0, Status.NEXT_HOP_PROTOCOL, str(exc)) from exc
+    if len(status) != STATUS_LEN:
+        raise ChainRefused(node.name, 0, Status.NEXT_HOP_PROTOCOL, "closed without a status")
+    raise ChainRefused(node.name, 0, decode_status(status)[0])
+
+
+@dataclass(frozen=True)
+class ChainFailure:
+    """What the entry reports when a client's chain did not come up."""
+
+    chain: tuple[str, ...]
+    error: RelayError
+
+    def to_dict(self) -> dict[str, Any]:
+        err = self.error
+        return {
+            "chain": list(self.chain),
+            "hop": getattr(err, "hop", None),
+            "index": getattr(err, "index", None),
+            "reason": getattr(err, "reason", str(err)),
+        }
+
+
+class Entry:
+    """The local listener applying a chain to every client connection.
+
+    ``on_failure`` is called (in the loop) with a ``ChainFailure`` when a chain does not come
+    up; the client is then closed cleanly. ``on_up`` is called with the chain names on success.
+    """
+
+    def __init__(
+        self,
+        chain: Sequence[HopLike],
+        target: tuple[str, int],
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        mode: PumpMode = DEFAULT_MODE,
+        chain_timeout: float = 10.0,
+        max_connections: int = 8000,
+        idle_timeout: float | None = None,
+        grace: float = 10.0,
+        on_failure: Callable[[ChainFailure], None] | None = None,
+        on_up: Callable[[tuple[str, ...]], None] | None = None,
+        metrics: RelayMetrics | None = None,
+    ) -> None:
+        if not chain:
+            raise ValueError("a chain needs at least one hop")
+        self._chain: tuple[HopLike, ...] = tuple(chain)
+        self.target = target
+        self.mode: PumpMode = mode
+        self.chain_timeout = chain_timeout
+        self.idle_timeout = idle_timeout
+        self.grace = grace
+        self.on_failure = on_failure
+        self.on_up = on_up
+        self.metrics = metrics or RelayMetrics("entry")
+        self.failures: list[ChainFailure] = []
+        self.connections_up = 0
+        self._listener = Listener(
+            bind_listener(host, port), name="entry", max_connections=max_connections
+        )
+
+    @property
+    def chain(self) -> tuple[HopLike, ...]:
+        return self._chain
+
+    def set_chain(self, chain: Sequence[HopLike]) -> None:
+        """Use ``chain`` for connections accepted from now on; existing ones keep theirs."""
+        if not chain:
+            raise ValueError("a chain needs at least one hop")
+        self._chain = tuple(chain)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self._listener.address
+
+    @property
+    def active(self) -> int:
+        return self._listener.active
+
+    async def serve(self) -> None:
+        await self._listener.serve(self._handle, grace=self.grace)
+
+    def stop(self) -> None:
+        self._listener.stop()
+
+    async def _handle(self, client: socket.socket) -> None:
+        chain = self._chain
+        names = tuple(h.name for h in chain)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        self.metrics.total.inc()
+        try:
+            upstream = await open_chain(chain, self.target, timeout=self.chain_timeout)
+        except RelayError as exc:
+            failure = ChainFailure(names, exc)
+            self.failures.append(failure)
+            del self.failures[:-100]
+            self.metrics.refused.labels(reason=_reason_label(exc)).inc()
+            log.warning("chain %s failed: %s", ",".join(names), exc)
+            if self.on_failure is not None:
+                self.on_failure(failure)
+            with contextlib.suppress(OSError):
+                client.shutdown(socket.SHUT_RDWR)
+            client.close()
+            return
+        self.connections_up += 1
+        self.metrics.setup.observe(loop.time() - started)
+        if self.on_up is not None:
+            self.on_up(names)
+        self.metrics.open.inc()
+        try:
+            stats = await pump(client, upstream, mode=self.mode, idle_timeout=self.idle_timeout)
+            self.metrics.bytes.labels(direction="up").inc(stats.a_to_b)
+            self.metrics.bytes.labels(direction="down").inc(stats.b_to_a)
+        finally:
+            self.metrics.open.dec()
+
+
+def _reason_label(exc: RelayError) -> str:
+    code = getattr(exc, "code", None)
+    if code is not None and code in Status._value2member_map_:
+        return Status(code).name.lower()
+    return "timeout" if "did not come up" in str(exc) else "protocol"
+
+
+__all__ = ["ChainFailure", "ChainRefused", "Entry", "HopLike", "open_chain", "probe_via_agent"]

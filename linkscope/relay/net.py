@@ -1,0 +1,201 @@
+"""The socket edge shared by agent and entry: exact reads, onward connects, a TCP listener.
+
+Everything here awaits; nothing here decides (decisions live in ``hop.py`` and ``wire.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+
+from linkscope.relay.pump import tune_socket
+from linkscope.wire import NEED_DATA, Frame, FrameReader, Status, WireError
+
+log = logging.getLogger("linkscope.relay")
+
+
+async def recv_exact(sock: socket.socket, n: int) -> bytes:
+    """Exactly ``n`` bytes (never more, so payload that follows stays in the socket).
+
+    Returns fewer bytes only if the peer closed first.
+    """
+    loop = asyncio.get_running_loop()
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = await loop.sock_recv(sock, n - len(buf))
+        if not chunk:
+            break
+        buf += chunk
+    return bytes(buf)
+
+
+async def read_frame(sock: socket.socket) -> Frame:
+    """One frame from ``sock`` via the sans-I/O reader; WireError on bad or truncated input."""
+    loop = asyncio.get_running_loop()
+    reader = FrameReader()
+    while True:
+        event = reader.next_event()
+        if isinstance(event, Frame):
+            return event
+        assert event is NEED_DATA
+        chunk = await loop.sock_recv(sock, reader.bytes_needed())
+        if not chunk:
+            reader.eof()
+        reader.feed(chunk)
+
+
+async def resolve(host: str, port: int) -> list[tuple[int, str]]:
+    """(family, address) pairs for ``host``; OSError when it does not resolve."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    seen: list[tuple[int, str]] = []
+    for family, _, _, _, addr in infos:
+        item = (int(family), str(addr[0]))
+        if item not in seen:
+            seen.append(item)
+    return seen
+
+
+async def connect_address(family: int, address: str, port: int, timeout: float) -> socket.socket:
+    """A connected, tuned, non-blocking TCP socket; WireError(CONNECT_FAILED/TIMEOUT)."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        tune_socket(sock)
+        async with asyncio.timeout(timeout):
+            await loop.sock_connect(sock, (address, port))
+    except TimeoutError:
+        sock.close()
+        raise WireError(Status.CONNECT_TIMEOUT, f"{address}:{port} after {timeout:g} s") from None
+    except OSError as exc:
+        sock.close()
+        raise WireError(Status.CONNECT_FAILED, f"{address}:{port}: {exc.strerror or exc}") from exc
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def bind_listener(host: str, port: int, backlog: int = 4096) -> socket.socket:
+    """A non-blocking listening socket on host:port (port 0 = any free port)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class Listener:
+    """Accepts TCP connections and runs ``handle`` for each as a named task in a TaskGroup.
+
+    ``stop()`` makes ``serve()`` stop accepting, wait up to ``grace`` seconds for the
+    connections in progress to finish (drain), then cancel what is left and return.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        name: str,
+        max_connections: int = 10_000,
+        over_limit: Callable[[socket.socket], None] | None = None,
+    ) -> None:
+        self.sock = sock
+        self.name = name
+        self.max_connections = max_connections
+        self._over_limit = over_limit
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+        self._tg: asyncio.TaskGroup | None = None
+        self._ids = itertools.count(1)
+        self._coro_factory: Callable[[socket.socket], Awaitable[None]] | None = None
+        self.accepted = 0
+
+    @property
+    def address(self) -> tuple[str, int]:
+        addr = self.sock.getsockname()
+        return str(addr[0]), int(addr[1])
+
+    @property
+    def active(self) -> int:
+        return len(self._tasks)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def serve(
+        self, handler: Callable[[socket.socket], Awaitable[None]], *, grace: float = 10.0
+    ) -> None:
+        """Accept until ``stop()``; then drain for ``grace`` seconds and cancel the rest."""
+        loop = asyncio.get_running_loop()
+        self._coro_factory = handler
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            loop.add_reader(self.sock.fileno(), self._on_acceptable)
+            try:
+                await self._stopping.wait()
+            finally:
+                loop.remove_reader(self.sock.fileno())
+                self.sock.close()
+                if self._tasks:
+                    with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                        async with asyncio.timeout(grace):
+                            await asyncio.wait(set(self._tasks))
+                for task in list(self._tasks):
+                    task.cancel()
+
+    def _on_acceptable(self) -> None:
+        assert self._tg is not None and self._coro_factory is not None
+        for _ in range(128):
+            try:
+                conn, _peer = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and friends: log, keep serving
+                log.warning("%s: accept failed: %s", self.name, exc)
+                return
+            self.accepted += 1
+            if len(self._tasks) >= self.max_connections:
+                if self._over_limit is not None:
+                    self._over_limit(conn)
+                conn.close()
+                continue
+            tune_socket(conn)
+            coro = self._coro_factory(conn)
+            task = self._tg.create_task(
+                self._guard(conn, coro), name=f"{self.name}-conn-{next(self._ids)}"
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _guard(self, conn: socket.socket, coro: Awaitable[None]) -> None:
+        """Run one handler; an unexpected error is logged, never kills the listener."""
+        try:
+            await coro
+        except asyncio.CancelledError:
+            conn.close()
+            raise
+        except Exception:
+            log.exception("%s: connection handler failed", self.name)
+            conn.close()
+
+
+__all__ = [
+    "Listener",
+    "bind_listener",
+    "connect_address",
+    "read_frame",
+    "recv_exact",
+    "resolve",
+]
