@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 
@@ -52,9 +53,16 @@ def resolve(host: str, family: int | None = None) -> str:
     raise ResolveError(f"cannot resolve {host!r}: no IPv4 or IPv6 address")
 
 
+async def resolve_async(host: str, family: int | None = None) -> str:
+    """``resolve`` without blocking the event loop on DNS (literal addresses need no thread)."""
+    if _looks_like_address(host.strip().strip("[]")):
+        return resolve(host, family)
+    return await asyncio.get_running_loop().run_in_executor(None, resolve, host, family)
+
+
 def family_of(address: str) -> int:
     """AF_INET or AF_INET6 for a literal address."""
     return socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
 
 
-__all__ = ["family_of", "resolve"]
+__all__ = ["family_of", "resolve", "resolve_async"]

@@ -1,10 +1,243 @@
-"""Paris-style traceroute with all TTLs in flight at once."""
+"""Paris-style traceroute with every TTL in flight at once.
+
+How it works, and why:
+
+1. All probes go out in one burst, TTL by TTL (``probes`` per TTL, TTL 1 first), so the trace
+   takes about one round trip to the farthest hop instead of one per hop (traceroute sends 16 at a
+   time, mtr one per second). TTL-major order means the target, which answers every probe whose
+   TTL reaches it, sees the lowest-TTL probes first: the ones we keep when it rate-limits its ICMP
+   errors (UDP mode).
+2. The flow identifier (addresses, protocol, ports, ICMP checksum) is the same for every probe,
+   so per-flow load balancers send them all down one path; see ``packets`` for which field names
+   each probe instead.
+3. Replies are matched by the quoted header of the ICMP error (or the echo reply / SYN-ACK / RST
+   from the target), timed with kernel receive timestamps.
+4. The trace ends at the first TTL where the target answered. It stops waiting when every probe
+   up to that TTL has answered, at ``timeout``, or — once the target has answered after R — at
+   R·3 + 50 ms after the burst, since a reply from a nearer hop cannot take much longer than the
+   target's (traceroute's "-w MAX,HERE,NEAR" heuristic, tighter).
+5. Reverse-DNS names (``names=True``) are looked up in daemon threads as addresses first appear;
+   the trace waits for them at most ``NAME_GRACE`` s after its last reply, so slow DNS never
+   delays it by more.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from linkscope.probe.models import Trace
+from linkscope.errors import InputError
+from linkscope.probe import packets
+from linkscope.probe.models import TRACE_PROTOCOLS, Hop, Trace, TraceProtocol, most_common
+from linkscope.probe.rawsock import RawReader, open_raw, send_at, set_ttl, source_address
+from linkscope.probe.resolve import family_of, resolve_async
+
+NAME_GRACE = 0.25  # seconds to wait for reverse-DNS names after the last reply
+DEFAULT_PORTS: dict[str, int] = {"udp": 33434, "tcp": 80}
+MAX_PROBES = 16
+MAX_TTL = 64
+
+_icmp_ids = itertools.count(random.randrange(1, 0xFFFF))
+
+
+def next_icmp_ident() -> int:
+    """An ICMP identifier not used by another trace or ping of this process (mod 2**16)."""
+    return next(_icmp_ids) % 0xFFFF + 1
+
+
+@dataclass
+class _Answer:
+    source: str
+    rtt_ms: float
+
+
+@dataclass
+class _State:
+    """What the burst has learnt so far: answers by probe index, the target's TTL."""
+
+    probes: int
+    max_ttl: int
+    sent_ns: dict[int, int] = field(default_factory=dict)
+    answers: dict[int, _Answer] = field(default_factory=dict)
+    reached_ttl: int | None = None  # lowest TTL the target answered at
+    stop_ttl: int | None = None  # a router said "unreachable" (!H, !N, !P) at this TTL
+    first_reach_ns: int | None = None
+    max_rtt_ms: float = 0.0
+    last_reply_ns: int = 0
+
+    def ttl_of(self, k: int) -> int:
+        return k // self.probes + 1
+
+    @property
+    def horizon(self) -> int:
+        ttls = [t for t in (self.reached_ttl, self.stop_ttl) if t is not None]
+        return min(ttls) if ttls else self.max_ttl
+
+    def record(self, k: int, source: str, rx_ns: int, *, is_target: bool, stop: bool) -> None:
+        sent = self.sent_ns.get(k)
+        if sent is None or k in self.answers:
+            return
+        rtt_ms = max(rx_ns - sent, 0) / 1e6
+        self.answers[k] = _Answer(source, rtt_ms)
+        self.max_rtt_ms = max(self.max_rtt_ms, rtt_ms)
+        self.last_reply_ns = rx_ns
+        ttl = self.ttl_of(k)
+        if is_target:
+            if self.reached_ttl is None:
+                self.first_reach_ns = rx_ns
+            self.reached_ttl = min(ttl, self.reached_ttl or ttl)
+        elif stop:
+            self.stop_ttl = min(ttl, self.stop_ttl or ttl)
+
+    def complete(self) -> bool:
+        """Every probe sent up to the horizon has an answer."""
+        horizon = self.horizon
+        return all(k in self.answers for k in self.sent_ns if self.ttl_of(k) <= horizon)
+
+
+class _Matcher:
+    """Turns raw packets into (probe index, source) for one trace's flow."""
+
+    def __init__(
+        self,
+        family: int,
+        protocol: TraceProtocol,
+        dst: str,
+        ident: int,
+        sport: int,
+        dport: int,
+        nonce: int,
+        state: _State,
+    ) -> None:
+        self.fam = 6 if family == socket.AF_INET6 else 4
+        self.protocol = protocol
+        self.dst = dst
+        self.ident = ident
+        self.sport = sport
+        self.dport = dport
+        self.nonce = nonce
+        self.state = state
+        self.on_change: Callable[[], None] = lambda: None
+
+    def _k_of_quoted(self, q: packets.Quoted) -> int | None:
+        if q.dst != self.dst:
+            return None
+        if self.protocol == "icmp" and q.proto in (packets.PROTO_ICMP, packets.PROTO_ICMP6):
+            return q.dport if q.sport == self.ident else None
+        if self.protocol == "udp" and q.proto == packets.PROTO_UDP:
+            ours = q.sport == self.sport and q.dport == self.dport
+            return q.checksum - 1 if ours else None
+        if self.protocol == "tcp" and q.proto == packets.PROTO_TCP:
+            ours = q.sport == self.sport and q.dport == self.dport and q.seq >> 16 == self.nonce
+            return q.seq & 0xFFFF if ours else None
+        return None
+
+    def icmp(self, data: bytes, source: str, rx_ns: int) -> None:
+        if self.fam == 4:
+            split = packets.split_ipv4(data)
+            if split is None or split[1] != packets.PROTO_ICMP:
+                return
+            source, data = split[0], split[2]
+        reply = packets.parse_icmp(self.fam, data, source)
+        if reply is None:
+            return
+        if reply.is_echo_reply:
+            if self.protocol != "icmp" or reply.ident != self.ident or source != self.dst:
+                return
+            self.state.record(reply.seq, source, rx_ns, is_target=True, stop=False)
+        elif reply.quoted is not None:
+            k = self._k_of_quoted(reply.quoted)
+            if k is None:
+                return
+            at_target = source == self.dst
+            stop = reply.is_unreachable(self.fam) and not at_target
+            self.state.record(k, source, rx_ns, is_target=at_target, stop=stop)
+        self.on_change()
+
+    def tcp(self, data: bytes, source: str, rx_ns: int) -> None:
+        if self.fam == 4:
+            split = packets.split_ipv4(data)
+            if split is None or split[1] != packets.PROTO_TCP:
+                return
+            source, data = split[0], split[2]
+        seg = packets.parse_tcp(data, source)
+        if seg is None or source != self.dst:
+            return
+        if seg.sport != self.dport or seg.dport != self.sport:
+            return
+        if not seg.flags & (packets.TCP_RST | packets.TCP_ACK):
+            return
+        seq = (seg.ack - 1) & 0xFFFFFFFF
+        if seq >> 16 != self.nonce:
+            return
+        self.state.record(seq & 0xFFFF, source, rx_ns, is_target=True, stop=False)
+        self.on_change()
+
+
+def _reserve_port(family: int, kind: int, src: str) -> socket.socket:
+    """Bind a real socket to a free port so no other connection uses our probes' source port."""
+    sock = socket.socket(family, kind)
+    sock.bind((src, 0))
+    return sock
+
+
+class _Names:
+    """Reverse-DNS lookups in daemon threads, never joined: a hung resolver cannot hold us."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.names: dict[str, str | None] = {}
+        self._pending: set[str] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def lookup(self, address: str) -> None:
+        if address in self.names or address in self._pending:
+            return
+        self._pending.add(address)
+        self._idle.clear()
+        threading.Thread(target=self._run, args=(address,), daemon=True).start()
+
+    def _run(self, address: str) -> None:
+        try:
+            name: str | None = socket.getnameinfo((address, 0), socket.NI_NAMEREQD)[0]
+        except (OSError, UnicodeError):
+            name = None
+        try:
+            self._loop.call_soon_threadsafe(self._done, address, name)
+        except RuntimeError:  # the loop has closed: nobody waits any more
+            pass
+
+    def _done(self, address: str, name: str | None) -> None:
+        self._pending.discard(address)
+        self.names[address] = name
+        if not self._pending:
+            self._idle.set()
+
+    async def settle(self, grace: float) -> None:
+        try:
+            async with asyncio.timeout(grace):
+                await self._idle.wait()
+        except TimeoutError:
+            pass
+
+
+def check_trace_args(protocol: str, probes: int, max_ttl: int, timeout: float) -> TraceProtocol:
+    if protocol not in TRACE_PROTOCOLS:
+        raise InputError(f"unknown trace protocol {protocol!r} (use icmp, udp or tcp)")
+    if not 1 <= probes <= MAX_PROBES:
+        raise InputError(f"--probes must be within 1..{MAX_PROBES}, not {probes}")
+    if not 1 <= max_ttl <= MAX_TTL:
+        raise InputError(f"--max-ttl must be within 1..{MAX_TTL}, not {max_ttl}")
+    if not timeout > 0:
+        raise InputError(f"--timeout must be positive, not {timeout}")
+    return protocol  # type: ignore[return-value]
 
 
 async def trace(
@@ -19,5 +252,162 @@ async def trace(
     names: bool = False,
     stop: asyncio.Event | None = None,
 ) -> Trace:
-    """Trace the path to ``host`` with ``probes`` probes per TTL."""
-    raise NotImplementedError("in progress")
+    """Trace the path to ``host`` with ``probes`` probes per TTL, all TTLs at once (needs root).
+
+    Raises ResolveError for a bad host, PermissionDenied without raw sockets, Unreachable when
+    there is no route at all. A target that never answers gives ``reached=False``, not an error.
+    ``stop`` ends the trace early with what has been gathered (Ctrl-C).
+    """
+    proto = check_trace_args(protocol, probes, max_ttl, timeout)
+    started = time.monotonic()
+    dst = await resolve_async(host, family)
+    fam = family_of(dst)
+    dport = port if port is not None else DEFAULT_PORTS.get(proto, 0)
+    if proto != "icmp" and not 0 < dport < 65536:
+        raise InputError(f"port must be within 1..65535, not {dport}")
+    src = source_address(dst, fam)
+
+    state = _State(probes=probes, max_ttl=max_ttl)
+    icmp_proto = socket.IPPROTO_ICMPV6 if fam == socket.AF_INET6 else socket.IPPROTO_ICMP
+    send_proto = {
+        "icmp": icmp_proto,
+        "udp": socket.IPPROTO_UDP,
+        "tcp": socket.IPPROTO_TCP,
+    }[proto]
+    fam4 = 4 if fam == socket.AF_INET else 6
+    ident = next_icmp_ident()
+    nonce = random.randrange(1, 0xFFFF)
+    reserved: socket.socket | None = None
+    sport = 0
+    icmp_sock = open_raw(fam, icmp_proto)
+    send_sock = icmp_sock if proto == "icmp" else None
+    tcp_sock: socket.socket | None = None
+    lookups = _Names() if names else None
+    changed = asyncio.Event()
+    try:
+        if proto != "icmp":
+            kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
+            reserved = _reserve_port(fam, kind, src)
+            sport = reserved.getsockname()[1]
+            send_sock = open_raw(fam, send_proto)
+            if proto == "tcp":
+                tcp_sock = send_sock
+        assert send_sock is not None
+        matcher = _Matcher(fam, proto, dst, ident, sport, dport, nonce, state)
+
+        def on_change() -> None:
+            changed.set()
+            if lookups is not None:
+                for ans in state.answers.values():
+                    lookups.lookup(ans.source)
+
+        matcher.on_change = on_change
+
+        def build(k: int) -> bytes:
+            if proto == "icmp":
+                return packets.icmp_echo(fam4, ident, k)
+            if proto == "udp":
+                return packets.udp_probe(src, dst, sport, dport, k + 1)
+            return packets.tcp_syn(src, dst, sport, dport, (nonce << 16) | k)
+
+        with RawReader(icmp_sock, matcher.icmp):
+            tcp_reader = RawReader(tcp_sock, matcher.tcp) if tcp_sock is not None else None
+            if tcp_reader is not None:
+                tcp_reader.__enter__()
+            try:
+                k = 0
+                for ttl in range(1, max_ttl + 1):
+                    set_ttl(send_sock, fam, ttl)
+                    for _ in range(probes):
+                        data = build(k)
+                        try:
+                            state.sent_ns[k] = send_at(send_sock, data, dst)
+                        except BlockingIOError:
+                            await asyncio.sleep(0.001)  # send buffer full: let it drain once
+                            state.sent_ns[k] = send_at(send_sock, data, dst)
+                        except OSError as exc:
+                            from linkscope.errors import Unreachable
+
+                            raise Unreachable(f"cannot send to {dst}: {exc.strerror}") from exc
+                        k += 1
+                burst_end_ns = time.time_ns()
+                await _wait(state, changed, burst_end_ns, timeout, stop)
+            finally:
+                if tcp_reader is not None:
+                    tcp_reader.__exit__()
+    finally:
+        icmp_sock.close()
+        if send_sock is not None and send_sock is not icmp_sock:
+            send_sock.close()
+        if reserved is not None:
+            reserved.close()
+
+    if lookups is not None:
+        await lookups.settle(NAME_GRACE)
+    hops = _hops(state, lookups.names if lookups else {})
+    return Trace(
+        target=host,
+        address=dst,
+        protocol=proto,
+        hops=hops,
+        reached=state.reached_ttl is not None and state.reached_ttl <= state.horizon,
+        port=None if proto == "icmp" else dport,
+        probes=probes,
+        duration_s=time.monotonic() - started,
+    )
+
+
+async def _wait(
+    state: _State,
+    changed: asyncio.Event,
+    burst_end_ns: int,
+    timeout: float,
+    stop: asyncio.Event | None,
+) -> None:
+    """Wait until complete, the deadline, or ``stop``; the deadline shrinks once R is known."""
+    hard = burst_end_ns + int(timeout * 1e9)
+    while not state.complete():
+        if stop is not None and stop.is_set():
+            return
+        deadline = hard
+        if state.first_reach_ns is not None:
+            deadline = min(hard, burst_end_ns + int((3 * state.max_rtt_ms + 50) * 1e6))
+        remaining = (deadline - time.time_ns()) / 1e9
+        if remaining <= 0:
+            return
+        changed.clear()
+        waiters = [asyncio.ensure_future(changed.wait())]
+        if stop is not None:
+            waiters.append(asyncio.ensure_future(stop.wait()))
+        try:
+            await asyncio.wait(waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+
+
+def _hops(state: _State, names: dict[str, str | None]) -> tuple[Hop, ...]:
+    """Per-TTL statistics up to the horizon; trailing silent TTLs collapse to one ``*`` hop."""
+    horizon = state.horizon
+    if state.reached_ttl is None and state.stop_ttl is None:
+        answered = [state.ttl_of(k) for k in state.answers]
+        horizon = min(max(answered, default=0) + 1, state.max_ttl)
+    hops = []
+    for ttl in range(1, horizon + 1):
+        ks = [k for k in sorted(state.sent_ns) if state.ttl_of(k) == ttl]
+        answers = [state.answers[k] for k in ks if k in state.answers]
+        address, others = most_common([a.source for a in answers])
+        hops.append(
+            Hop(
+                ttl=ttl,
+                address=address,
+                sent=len(ks),
+                rtts=tuple(a.rtt_ms for a in answers),
+                name=names.get(address) if address else None,
+                others=others,
+            )
+        )
+    return tuple(hops)
+
+
+__all__ = ["DEFAULT_PORTS", "check_trace_args", "next_icmp_ident", "trace"]
