@@ -92,9 +92,10 @@ def tcp_syn(src: str, dst: str, sport: int, dport: int, seq: int, window: int = 
     """A bare TCP SYN (20-byte header plus an MSS option), checksum filled."""
     options = struct.pack("!BBH", 2, 4, 1460)
     offset = (20 + len(options)) // 4
-    header = struct.pack(
-        "!HHIIBBHHH", sport, dport, seq, 0, offset << 4, TCP_SYN, window, 0, 0
-    ) + options
+    header = (
+        struct.pack("!HHIIBBHHH", sport, dport, seq, 0, offset << 4, TCP_SYN, window, 0, 0)
+        + options
+    )
     csum = checksum(pseudo_header(src, dst, PROTO_TCP, len(header)) + header)
     return header[:16] + struct.pack("!H", csum) + header[18:]
 
@@ -196,9 +197,7 @@ def parse_icmp(family: int, data: bytes, source: str) -> IcmpReply | None:
     if len(data) < 8:
         return None
     kind, code, _csum, ident, seq = struct.unpack("!BBHHH", data[:8])
-    if kind in (ICMP4_ECHO_REPLY, ICMP6_ECHO_REPLY) and (kind == ICMP4_ECHO_REPLY) == (
-        family == 4
-    ):
+    if kind in (ICMP4_ECHO_REPLY, ICMP6_ECHO_REPLY) and (kind == ICMP4_ECHO_REPLY) == (family == 4):
         return IcmpReply(source=source, type=kind, code=code, ident=ident, seq=seq)
     errors = (ICMP4_UNREACH, ICMP4_TIME_EXCEEDED) if family == 4 else (ICMP6_UNREACH, 3)
     if kind in errors:

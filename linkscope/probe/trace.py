@@ -24,6 +24,7 @@ How it works, and why:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
 import socket
@@ -32,7 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from linkscope.errors import InputError
+from linkscope.errors import InputError, Unreachable
 from linkscope.probe import packets
 from linkscope.probe.models import TRACE_PROTOCOLS, Hop, Trace, TraceProtocol, most_common
 from linkscope.probe.rawsock import RawReader, open_raw, send_at, set_ttl, source_address
@@ -209,10 +210,8 @@ class _Names:
             name: str | None = socket.getnameinfo((address, 0), socket.NI_NAMEREQD)[0]
         except (OSError, UnicodeError):
             name = None
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
             self._loop.call_soon_threadsafe(self._done, address, name)
-        except RuntimeError:  # the loop has closed: nobody waits any more
-            pass
 
     def _done(self, address: str, name: str | None) -> None:
         self._pending.discard(address)
@@ -326,8 +325,6 @@ async def trace(
                             await asyncio.sleep(0.001)  # send buffer full: let it drain once
                             state.sent_ns[k] = send_at(send_sock, data, dst)
                         except OSError as exc:
-                            from linkscope.errors import Unreachable
-
                             raise Unreachable(f"cannot send to {dst}: {exc.strerror}") from exc
                         k += 1
                 burst_end_ns = time.time_ns()
