@@ -236,7 +236,7 @@ def check_trace_args(protocol: str, probes: int, max_ttl: int, timeout: float) -
         raise InputError(f"--max-ttl must be within 1..{MAX_TTL}, not {max_ttl}")
     if not timeout > 0:
         raise InputError(f"--timeout must be positive, not {timeout}")
-    return protocol  # type: ignore[return-value]
+    return protocol
 
 
 async def trace(
