@@ -371,10 +371,13 @@ def nesting_depth(frame: bytes) -> int:
         body = memoryview(f.raw)[PREFIX_LEN + _TS_NONCE.size : -MAC_LEN]
         try:
             atype = body[1]
-            pos = 2 + {AddrType.IPV4: 4, AddrType.IPV6: 16}.get(atype, -1)
-            if atype == AddrType.NAME:
+            if atype == AddrType.IPV4:
+                pos = 6
+            elif atype == AddrType.IPV6:
+                pos = 18
+            elif atype == AddrType.NAME:
                 pos = 3 + body[2]
-            elif pos < 2:
+            else:
                 raise WireError(Status.MALFORMED, "inner: unknown address type")
             (inner_len,) = _U16.unpack_from(body, pos + 2)
         except (IndexError, struct.error) as exc:
@@ -538,14 +541,18 @@ class AllowRule:
     port_hi: int = 65535
 
     def matches(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> bool:
-        return addr.version == self.network.version and addr in self.network and (
-            self.port_lo <= port <= self.port_hi
+        return (
+            addr.version == self.network.version
+            and addr in self.network
+            and (self.port_lo <= port <= self.port_hi)
         )
 
     def __str__(self) -> str:
         if (self.port_lo, self.port_hi) == (1, 65535):
             return str(self.network)
-        ports = str(self.port_lo) if self.port_lo == self.port_hi else f"{self.port_lo}-{self.port_hi}"
+        ports = (
+            str(self.port_lo) if self.port_lo == self.port_hi else f"{self.port_lo}-{self.port_hi}"
+        )
         net = f"[{self.network}]" if self.network.version == 6 else str(self.network)
         return f"{net}:{ports}"
 

@@ -1,1 +1,263 @@
-"""`linkscope relay` commands (placeholder until its issue lands; registers nothing yet)."""
+"""`linkscope relay`, `linkscope agent` and `linkscope keygen`: parse, call the library, render."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from linkscope.cli.app import app
+from linkscope.cli.render import relay as render
+from linkscope.errors import ConfigError, InputError
+
+PUMP_HELP = "Byte pump: splice (Linux, default) or buffered (BufferedProtocol, shared buffer)."
+
+
+def parse_hostport(text: str, option: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT``; InputError naming the option otherwise."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise InputError(f"{option} must be HOST:PORT, not {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise InputError(f"{option}: put an IPv6 address in brackets, e.g. [::1]:7070")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise InputError(f"{option}: port {port_text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise InputError(f"{option}: port {port} is out of range")
+    return host, port
+
+
+def _pump_mode(text: str) -> Any:
+    from linkscope.relay.pump import HAS_SPLICE
+
+    if text not in ("splice", "buffered"):
+        raise InputError(f"--pump must be splice or buffered, not {text!r}")
+    if text == "splice" and not HAS_SPLICE:
+        raise InputError("--pump splice needs Linux (os.splice); use --pump buffered")
+    return text
+
+
+def _run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - installed on Linux
+        asyncio.run(main())
+    else:
+        uvloop.run(main())
+
+
+def _install_stop(stop: Callable[[], None]) -> None:
+    """SIGTERM/SIGINT: stop accepting, drain, close (graceful shutdown)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+
+
+def _bind_error(exc: OSError, listen: str) -> InputError:
+    return InputError(f"cannot listen on {listen}: {exc.strerror or exc}")
+
+
+@app.command()
+def keygen(
+    file: Path = typer.Argument(..., help="Key file to create (one line of hex, mode 0600)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+    json_out: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
+) -> None:
+    """Write a new random 32-byte key, hex-encoded, readable only by you."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+    try:
+        fd = os.open(file, flags, 0o600)
+    except FileExistsError:
+        raise InputError(f"{file} exists; use --force to overwrite it") from None
+    except OSError as exc:
+        raise InputError(f"cannot write {file}: {exc.strerror or exc}") from exc
+    with os.fdopen(fd, "w") as fh:
+        os.fchmod(fd, 0o600)
+        fh.write(os.urandom(32).hex() + "\n")
+    render.keygen(str(file), json_out)
+
+
+@app.command()
+def agent(
+    listen: str = typer.Option(..., "--listen", help="HOST:PORT to accept chains and probes on."),
+    key_file: Path = typer.Option(..., "--key-file", help="This node's key (linkscope keygen)."),
+    allow: list[str] = typer.Option(
+        [], "--allow", help="Final targets allowed: CIDR[:PORT[-PORT]],... (default: none)."
+    ),
+    allow_hop: list[str] = typer.Option(
+        [],
+        "--allow-hop",
+        help="Next-hop agents allowed (default: any; they verify their own layer).",
+    ),
+    metrics: str | None = typer.Option(
+        None, "--metrics", help="HOST:PORT for Prometheus /metrics."
+    ),
+    window: float = typer.Option(30.0, "--window", help="Clock window in seconds (replay cache)."),
+    pump_mode: str = typer.Option("splice", "--pump", help=PUMP_HELP),
+    max_connections: int = typer.Option(8000, "--max-connections", min=1),
+    idle_timeout: float | None = typer.Option(
+        None, "--idle-timeout", help="Seconds; off by default."
+    ),
+    connect_timeout: float = typer.Option(5.0, "--connect-timeout", help="Onward connect timeout."),
+    probe_rate: float = typer.Option(1.0, "--probe-rate", help="Probe requests per second."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout at exit."),
+) -> None:
+    """Run a relay agent: verify each chain layer, connect onward, relay bytes; serve probes."""
+    from linkscope.inventory import key_file_mode_warning, read_key_file
+    from linkscope.relay.agent import Agent, AgentConfig
+    from linkscope.relay.hop import HopPolicy
+    from linkscope.relay.metrics import RelayMetrics
+    from linkscope.wire import ANY_ADDRESS, Allowlist
+
+    host, port = parse_hostport(listen, "--listen")
+    key = read_key_file(key_file)
+    warning = key_file_mode_warning(key_file)
+    if warning:
+        render.progress(f"warning: {warning}")
+    try:
+        allow_list = Allowlist.parse(allow)
+        hop_list = Allowlist.parse(allow_hop) if allow_hop else ANY_ADDRESS
+    except ValueError as exc:
+        raise InputError(f"--allow: {exc}") from None
+    if window <= 0:
+        raise InputError("--window must be positive")
+    mode = _pump_mode(pump_mode)
+    metrics_addr = parse_hostport(metrics, "--metrics") if metrics else None
+    policy = HopPolicy(
+        key, allow=allow_list, allow_hops=hop_list, window_s=window, probe_rate=probe_rate
+    )
+    config = AgentConfig(
+        mode=mode,
+        connect_timeout=connect_timeout,
+        max_connections=max_connections,
+        idle_timeout=idle_timeout,
+    )
+    registry = RelayMetrics("agent")
+
+    async def main() -> None:
+        try:
+            server = Agent(policy, host, port, config=config, metrics=registry)
+        except OSError as exc:
+            raise _bind_error(exc, listen) from exc
+        if metrics_addr is not None:
+            try:
+                registry.serve(*metrics_addr)
+            except OSError as exc:
+                raise _bind_error(exc, metrics or "") from exc
+        _install_stop(server.stop)
+        h, p = server.address
+        render.progress(
+            f"agent listening on {h}:{p} (pump {mode}; targets allowed: {allow_list}; "
+            f"next hops allowed: {hop_list})"
+        )
+        await server.serve()
+        render.summary(
+            {
+                "listen": f"{h}:{p}",
+                "onward_connects": server.onward_connects,
+                "refused": {k.name.lower(): v for k, v in server.refusals.items()},
+            },
+            json_out,
+        )
+
+    _run(main)
+
+
+@app.command()
+def relay(
+    listen: str = typer.Option(..., "--listen", help="Local HOST:PORT clients connect to."),
+    to: str = typer.Option(..., "--to", help="Final target HOST:PORT."),
+    chain: str | None = typer.Option(None, "--chain", help="Relay nodes in order: a,b,..."),
+    auto: bool = typer.Option(False, "--auto", help="Probe, plan and switch chains automatically."),
+    nodes: Path | None = typer.Option(None, "--nodes", help="Inventory TOML (default: XDG)."),
+    pump_mode: str = typer.Option("splice", "--pump", help=PUMP_HELP),
+    chain_timeout: float = typer.Option(
+        10.0, "--chain-timeout", help="Seconds to wait for chain-up."
+    ),
+    max_connections: int = typer.Option(8000, "--max-connections", min=1),
+    idle_timeout: float | None = typer.Option(
+        None, "--idle-timeout", help="Seconds; off by default."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout at exit."),
+) -> None:
+    """Accept local clients and carry each through a relay chain to --to."""
+    from linkscope.inventory import load_inventory
+    from linkscope.relay.entry import ChainFailure, Entry
+
+    if auto and chain:
+        raise InputError("give --chain or --auto, not both")
+    if auto:
+        raise InputError("--auto is not available in this build yet; use --chain a,b")
+    if not chain:
+        raise InputError("give --chain a,b (the relay nodes, in order)")
+    host, port = parse_hostport(listen, "--listen")
+    target = parse_hostport(to, "--to")
+    if target[1] == 0:
+        raise InputError("--to: port 0 is not a target port")
+    mode = _pump_mode(pump_mode)
+    inventory = load_inventory(nodes)
+    for warning in inventory.warnings:
+        render.progress(f"warning: {warning}")
+    names = [n.strip() for n in chain.split(",")]
+    if any(not n for n in names):
+        raise InputError(f"--chain: empty node name in {chain!r}")
+    missing = [n for n in names if n not in inventory]
+    if missing:
+        raise ConfigError(f"--chain: no node named {', '.join(missing)}", str(inventory.path))
+    if len(set(names)) != len(names):
+        raise InputError("--chain: a node appears twice")
+    hops = [inventory[n] for n in names]
+    failures: list[dict[str, Any]] = []
+
+    def on_failure(failure: ChainFailure) -> None:
+        doc = failure.to_dict()
+        failures.append(doc)
+        render.chain_failure(doc)
+
+    async def main() -> None:
+        try:
+            entry = Entry(
+                hops,
+                target,
+                host,
+                port,
+                mode=mode,
+                chain_timeout=chain_timeout,
+                max_connections=max_connections,
+                idle_timeout=idle_timeout,
+                on_failure=on_failure,
+            )
+        except OSError as exc:
+            raise _bind_error(exc, listen) from exc
+        _install_stop(entry.stop)
+        h, p = entry.address
+        render.progress(
+            f"relay listening on {h}:{p} -> {','.join(names)} -> {target[0]}:{target[1]} "
+            f"(pump {mode})"
+        )
+        await entry.serve()
+        render.summary(
+            {
+                "listen": f"{h}:{p}",
+                "chain": names,
+                "to": f"{target[0]}:{target[1]}",
+                "connections_up": entry.connections_up,
+                "chain_failures": len(failures),
+                "failures": failures[-10:],
+            },
+            json_out,
+        )
+
+    _run(main)
+
+
+__all__ = ["agent", "keygen", "parse_hostport", "relay"]

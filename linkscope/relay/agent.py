@@ -190,14 +190,15 @@ class Agent:
         cfg = self.config
         try:
             addr = ipaddress.ip_address(layer.host)
-            candidates = [(socket.AF_INET if addr.version == 4 else socket.AF_INET6, layer.host)]
+            af = socket.AF_INET if addr.version == 4 else socket.AF_INET6
+            candidates: list[tuple[int, str]] = [(int(af), layer.host)]
         except ValueError:
             try:
                 async with asyncio.timeout(cfg.connect_timeout):
                     candidates = await resolve(layer.host, layer.port)
             except (OSError, TimeoutError) as exc:
                 raise WireError(Status.RESOLVE_FAILED, layer.host) from exc
-        allowed = []
+        allowed: list[tuple[int, str]] = []
         for family, address in candidates:
             with contextlib.suppress(WireError):
                 self.policy.check_target(layer, address)
@@ -254,7 +255,9 @@ class _Downstream(Exception):
 
 
 # -- probe service ---------------------------------------------------------------------------
-async def _tcp_connect_rtt(address: str, port: int, attempts: int, timeout: float) -> dict[str, Any]:
+async def _tcp_connect_rtt(
+    address: str, port: int, attempts: int, timeout: float
+) -> dict[str, Any]:
     """Fallback TCP handshake RTT (used only if linkscope.probe is unavailable)."""
     loop = asyncio.get_running_loop()
     rtts: list[float] = []
@@ -309,7 +312,9 @@ async def run_probe(layer: ProbeLayer, policy: HopPolicy) -> dict[str, Any]:
         async with asyncio.TaskGroup() as tg:
             ping_task = tg.create_task(_ping(engine, address, layer.count), name=f"ping-{target}")
             tcp_tasks = [
-                tg.create_task(_tcp(engine, address, port, layer.count), name=f"tcp-{target}-{port}")
+                tg.create_task(
+                    _tcp(engine, address, port, layer.count), name=f"tcp-{target}-{port}"
+                )
                 for port in layer.ports
             ]
         entry["ping"] = ping_task.result()

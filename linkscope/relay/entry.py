@@ -68,7 +68,9 @@ async def _connect_first(hop: HopLike, timeout: float) -> socket.socket:
     try:
         infos = await resolve(hop.host, hop.port)
     except OSError as exc:
-        raise ChainRefused(hop.name, 0, Status.RESOLVE_FAILED, f"entry cannot resolve {hop.host}") from exc
+        raise ChainRefused(
+            hop.name, 0, Status.RESOLVE_FAILED, f"entry cannot resolve {hop.host}"
+        ) from exc
     last: WireError | None = None
     for family, address in infos:
         try:
@@ -255,7 +257,7 @@ class Entry:
             self.failures.append(failure)
             del self.failures[:-100]
             self.metrics.refused.labels(reason=_reason_label(exc)).inc()
-            log.warning("chain %s failed: %s", ",".join(names), exc)
+            log.debug("chain %s failed: %s", ",".join(names), exc)
             if self.on_failure is not None:
                 self.on_failure(failure)
             with contextlib.suppress(OSError):

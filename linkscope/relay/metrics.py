@@ -32,9 +32,7 @@ class RelayMetrics:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10),
             registry=r,
         )
-        self.probes = Counter(
-            f"{p}_probes", "Probe requests, by outcome", ["outcome"], registry=r
-        )
+        self.probes = Counter(f"{p}_probes", "Probe requests, by outcome", ["outcome"], registry=r)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

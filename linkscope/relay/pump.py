@@ -267,13 +267,15 @@ class _SpliceConn:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
         for sock in (self.a, self.b):
             sock.close()
-        error = None if exc is None else (errno.errorcode.get(getattr(exc, "errno", 0) or 0) or str(exc))
+        error = (
+            None
+            if exc is None
+            else (errno.errorcode.get(getattr(exc, "errno", 0) or 0) or str(exc))
+        )
         self.done.set_result(PumpStats(self.up.moved, self.down.moved, error))
 
 
-async def _pump_splice(
-    a: socket.socket, b: socket.socket, idle_timeout: float | None
-) -> PumpStats:
+async def _pump_splice(a: socket.socket, b: socket.socket, idle_timeout: float | None) -> PumpStats:
     loop = asyncio.get_running_loop()
     conn = _SpliceConn(a, b, loop, idle_timeout)
     conn.start()
@@ -415,7 +417,11 @@ class _BufferedConn:
             if self._timer is not None:
                 self._timer.cancel()
             err = self._error
-            error = None if err is None else (errno.errorcode.get(getattr(err, "errno", 0) or 0) or str(err))
+            error = (
+                None
+                if err is None
+                else (errno.errorcode.get(getattr(err, "errno", 0) or 0) or str(err))
+            )
             self.done.set_result(PumpStats(self.a.moved, self.b.moved, error))
 
 
