@@ -182,12 +182,14 @@ def _decompress_into(dataset: EmbeddedDataset, out: Any) -> str:
         for i, length in enumerate(lengths):
             blob = src.read(length)
             expect = min(block_size, raw_size - written)
+            if len(blob) != length:
+                raise ConfigError(f"block {i} is truncated", where)
             try:
                 block = dctx.decompress(blob, max_output_size=block_size)
             except zstandard.ZstdError as exc:
                 raise ConfigError(f"block {i} does not decompress ({exc})", where) from exc
-            if len(blob) != length or len(block) != expect:
-                raise ConfigError(f"block {i} is truncated", where)
+            if len(block) != expect:
+                raise ConfigError(f"block {i} has the wrong size", where)
             digest.update(block)
             out.write(block)
             written += len(block)

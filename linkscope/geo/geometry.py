@@ -37,7 +37,7 @@ SPEED_OF_LIGHT_KM_S = 299_792.458
 FIBRE_KM_PER_MS = SPEED_OF_LIGHT_KM_S * 2 / 3 / 1000  # ~199.86 km per ms, one way
 BACKTRACK_KM = 1000.0  # a hop moving this much farther from the target is flagged
 MIN_DIRECT_KM = 50.0  # below this, a detour ratio would be noise over city-level geolocation
-DETOUR_NOTABLE = 1.3  # the verdict names the via-cities from this ratio up
+DETOUR_NOTABLE = 1.1  # the verdict names the via-cities from this ratio up
 
 
 def great_circle_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
