@@ -1,10 +1,83 @@
-"""Ping with icmplib: raw sockets as root, ICMP datagram sockets when allowed, else TCP connect."""
+"""Ping with icmplib, with the best method this process is allowed to use.
+
+1. ``icmp-raw``: raw ICMP sockets (root / CAP_NET_RAW);
+2. ``icmp-datagram``: unprivileged ICMP datagram sockets, when ``net.ipv4.ping_group_range``
+   includes our group;
+3. ``tcp-connect``: no ICMP at all; the RTT of a TCP handshake (SYN → SYN-ACK or RST) to
+   ``port`` stands in, and the result says so in ``note``.
+
+Probes go out every ``interval`` s whether or not the previous one came back (as ping(8) does),
+so a slow or lossy path costs ``count × interval + timeout`` at most, not ``count × timeout``.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import socket
+import time
+from typing import Any
 
-from linkscope.probe.models import PingStats
+from linkscope.errors import InputError, PermissionDenied
+from linkscope.probe.models import PING_METHODS, PingMethod, PingStats
+from linkscope.probe.resolve import family_of, resolve_async
+from linkscope.probe.tcp import connect_once
+from linkscope.probe.trace import next_icmp_ident
+
+PAYLOAD_SIZE = 56  # ping(8)'s default: 64-byte ICMP messages
+
+
+def _open_icmp(dst: str, privileged: bool) -> Any:
+    """An icmplib socket for ``dst``'s family; icmplib's SocketPermissionError if not allowed."""
+    from icmplib import ICMPv4Socket, ICMPv6Socket
+
+    cls = ICMPv6Socket if family_of(dst) == socket.AF_INET6 else ICMPv4Socket
+    return cls(privileged=privileged)
+
+
+def _ping_group_note() -> str:
+    try:
+        with open("/proc/sys/net/ipv4/ping_group_range") as f:
+            low, high = f.read().split()
+    except (OSError, ValueError):
+        return "ICMP datagram sockets are not available"
+    return f"not root, and net.ipv4.ping_group_range ({low} {high}) excludes group {os.getgid()}"
+
+
+def open_ping_socket(dst: str, method: str) -> tuple[PingMethod, Any | None, str | None]:
+    """Pick the ping method: (method, icmplib socket or None for tcp-connect, note or None)."""
+    from icmplib.exceptions import SocketPermissionError
+
+    if method not in ("auto", *PING_METHODS):
+        raise InputError(f"unknown ping method {method!r} (use auto, {', '.join(PING_METHODS)})")
+    if method in ("auto", "icmp-raw"):
+        try:
+            return "icmp-raw", _open_icmp(dst, privileged=True), None
+        except SocketPermissionError as exc:
+            if method == "icmp-raw":
+                raise PermissionDenied("icmp-raw needs root (CAP_NET_RAW)") from exc
+    if method in ("auto", "icmp-datagram"):
+        try:
+            return "icmp-datagram", _open_icmp(dst, privileged=False), None
+        except SocketPermissionError as exc:
+            if method == "icmp-datagram":
+                raise PermissionDenied(
+                    f"ICMP datagram sockets not allowed: {_ping_group_note()}"
+                ) from exc
+    note = None
+    if method == "auto":
+        note = f"ICMP unavailable ({_ping_group_note()}); RTT measured by TCP connect instead"
+    return "tcp-connect", None, note
+
+
+def check_ping_args(count: int, interval: float, timeout: float) -> None:
+    if count < 1:
+        raise InputError(f"--count must be at least 1, not {count}")
+    if interval < 0:
+        raise InputError(f"--interval must not be negative, not {interval}")
+    if not timeout > 0:
+        raise InputError(f"--timeout must be positive, not {timeout}")
 
 
 async def ping(
@@ -18,5 +91,153 @@ async def ping(
     port: int = 80,
     stop: asyncio.Event | None = None,
 ) -> PingStats:
-    """Send ``count`` echo requests ``interval`` s apart; each waits up to ``timeout`` s."""
-    raise NotImplementedError("in progress")
+    """Send ``count`` echo requests ``interval`` s apart; each waits up to ``timeout`` s.
+
+    ``method`` forces one of ``icmp-raw``, ``icmp-datagram``, ``tcp-connect`` (``auto`` picks
+    the first allowed, with a note when it falls back to TCP). ``port`` is the TCP fallback's.
+    A target that never answers gives loss 1.0, not an error; ``stop`` ends it early with the
+    probes sent so far (in-flight ones get until their timeout or a second ``stop``).
+    """
+    check_ping_args(count, interval, timeout)
+    dst = await resolve_async(host, family)
+    chosen, sock, note = open_ping_socket(dst, method)
+    if sock is None:
+        rtts = await _ping_tcp(dst, port, count, interval, timeout, stop)
+        return PingStats(host, dst, "tcp-connect", rtts, note=note, port=port)
+    try:
+        rtts = await _ping_icmp(sock, dst, count, interval, timeout, stop)
+    finally:
+        sock.close()
+    return PingStats(host, dst, chosen, rtts, note=note)
+
+
+async def _sleep_or_stop(delay: float, stop: asyncio.Event | None) -> bool:
+    """Sleep ``delay`` s; True if ``stop`` was set meanwhile."""
+    if stop is None:
+        await asyncio.sleep(delay)
+        return False
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(delay):
+            await stop.wait()
+    return stop.is_set()
+
+
+async def _ping_icmp(
+    sock: Any,
+    dst: str,
+    count: int,
+    interval: float,
+    timeout: float,
+    stop: asyncio.Event | None,
+) -> tuple[float | None, ...]:
+    from icmplib import AsyncSocket, ICMPRequest
+    from icmplib.exceptions import ICMPLibError
+
+    asock = AsyncSocket(sock)
+    ident = next_icmp_ident()  # the kernel replaces it with the socket's port (datagram)
+    reply_type = 129 if family_of(dst) == socket.AF_INET6 else 0
+    sent: dict[int, float] = {}
+    rtts: dict[int, float] = {}
+    ident_box = [ident]
+    all_in = asyncio.Event()
+    sending_done = False
+
+    def settled() -> bool:
+        return sending_done and all(s in rtts for s in sent)
+
+    async def receive() -> None:
+        while True:
+            try:
+                reply = await asock.receive(None, timeout=3600)
+            except ICMPLibError:
+                continue
+            seq = reply.sequence
+            if reply.type != reply_type or reply.id != ident_box[0] or seq not in sent:
+                continue
+            if seq not in rtts:
+                rtts[seq] = max(reply.time - sent[seq], 0.0) * 1e3
+            if settled():
+                all_in.set()
+
+    async with asyncio.TaskGroup() as tg:
+        receiver = tg.create_task(receive(), name=f"ping-receive-{dst}")
+        try:
+            for seq in range(count):
+                if seq and await _sleep_or_stop(interval, stop):
+                    break
+                if stop is not None and stop.is_set():
+                    break
+                request = ICMPRequest(dst, ident, seq, payload_size=PAYLOAD_SIZE)
+                try:
+                    asock.send(request)
+                except ICMPLibError:
+                    sent[seq] = time.time()  # counted as sent and lost (e.g. no route)
+                    continue
+                ident_box[0] = request.id
+                sent[seq] = request.time
+            sending_done = True
+            if settled():
+                all_in.set()
+            stopped = stop is not None and stop.is_set()
+            if sent and not stopped:
+                deadline = max(sent.values()) + timeout
+                remaining = deadline - time.time()
+                if remaining > 0:
+                    waiters = [asyncio.ensure_future(all_in.wait())]
+                    if stop is not None and not stop.is_set():
+                        waiters.append(asyncio.ensure_future(stop.wait()))
+                    await asyncio.wait(
+                        waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    for w in waiters:
+                        w.cancel()
+        finally:
+            receiver.cancel()
+    return _samples(sent, rtts, timeout, time.time(), stop is not None and stop.is_set())
+
+
+def _samples(
+    sent: dict[int, float], rtts: dict[int, float], timeout: float, now: float, stopped: bool
+) -> tuple[float | None, ...]:
+    """Per-probe RTTs in sequence order, None when lost.
+
+    A reply later than ``timeout`` counts as lost (as with ping -W). When stopped early, a probe
+    still within its timeout is left out rather than counted as lost: it had no chance yet.
+    """
+    out: list[float | None] = []
+    for seq in sorted(sent):
+        rtt = rtts.get(seq)
+        if rtt is not None and rtt <= timeout * 1e3:
+            out.append(rtt)
+        elif not stopped or now >= sent[seq] + timeout:
+            out.append(None)
+    return tuple(out)
+
+
+async def _ping_tcp(
+    dst: str,
+    port: int,
+    count: int,
+    interval: float,
+    timeout: float,
+    stop: asyncio.Event | None,
+) -> tuple[float | None, ...]:
+    """Handshakes started every ``interval`` s, concurrently; ok or refused both mean "echoed"."""
+    if not 0 < port < 65536:
+        raise InputError(f"port must be within 1..65535, not {port}")
+    tasks: list[asyncio.Task[Any]] = []
+    async with asyncio.TaskGroup() as tg:
+        for seq in range(count):
+            if seq and await _sleep_or_stop(interval, stop):
+                break
+            if stop is not None and stop.is_set():
+                break
+            tasks.append(
+                tg.create_task(connect_once(dst, port, timeout), name=f"tcp-ping-{dst}-{seq}")
+            )
+    return tuple(
+        t.result().rtt_ms if t.result().status in ("ok", "refused") else None for t in tasks
+    )
+
+
+__all__ = ["check_ping_args", "open_ping_socket", "ping"]

@@ -1,11 +1,18 @@
-"""Probe one target: ping, TCP RTT per port and traceroute, concurrently."""
+"""Probe one target: ping, TCP RTT per port and traceroute, concurrently, into one ProbeResult."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
+from dataclasses import replace
 
-from linkscope.probe.models import ProbeResult
+from linkscope.errors import InputError, PermissionDenied, Unreachable
+from linkscope.probe.icmp import check_ping_args, ping
+from linkscope.probe.models import ProbeResult, TcpRtt, Trace
+from linkscope.probe.resolve import resolve_async
+from linkscope.probe.tcp import tcp_rtt
+from linkscope.probe.trace import check_trace_args, trace
 
 
 async def probe_target(
@@ -19,10 +26,94 @@ async def probe_target(
     protocol: str = "icmp",
     probes: int = 3,
     max_ttl: int = 30,
+    trace_timeout: float = 2.0,
+    tcp_attempts: int = 3,
     family: int | None = None,
     names: bool = False,
     method: str = "auto",
+    tcp_method: str = "auto",
     stop: asyncio.Event | None = None,
 ) -> ProbeResult:
-    """Ping, TCP-connect to each port and trace ``host`` at once; one ProbeResult."""
-    raise NotImplementedError("in progress")
+    """Ping, TCP-handshake each port and trace ``host`` at once; one ProbeResult.
+
+    Bad input raises InputError/ResolveError before any packet is sent. Missing privileges for
+    the traceroute leave ``trace`` None with a note, as does a missing route. The ping falls back
+    (see ``ping``); its TCP fallback uses the first of ``ports``, else 80. ``stop`` (Ctrl-C)
+    ends every part early and marks the result ``interrupted``.
+    """
+    check_ping_args(count, interval, timeout)
+    if with_trace:
+        check_trace_args(protocol, probes, max_ttl, trace_timeout)
+    for port in ports:
+        if not 0 < port < 65536:
+            raise InputError(f"port must be within 1..65535, not {port}")
+    started_at = time.time()
+    address = await resolve_async(host, family)
+    notes: list[str] = []
+
+    async def traced() -> Trace | None:
+        try:
+            return await trace(
+                address,
+                protocol=protocol,
+                probes=probes,
+                max_ttl=max_ttl,
+                port=ports[0] if ports and protocol == "tcp" else None,
+                timeout=trace_timeout,
+                names=names,
+                stop=stop,
+            )
+        except PermissionDenied as exc:
+            notes.append(f"traceroute skipped: {exc}")
+        except Unreachable as exc:
+            notes.append(f"traceroute failed: {exc}")
+        return None
+
+    async with asyncio.TaskGroup() as tg:
+        ping_task = tg.create_task(
+            ping(
+                address,
+                count=count,
+                interval=interval,
+                timeout=timeout,
+                method=method,
+                port=ports[0] if ports else 80,
+                stop=stop,
+            ),
+            name=f"ping {address}",
+        )
+        tcp_tasks = [
+            tg.create_task(
+                tcp_rtt(
+                    address,
+                    port,
+                    attempts=tcp_attempts,
+                    timeout=timeout,
+                    method=tcp_method,
+                    interval=interval,
+                    stop=stop,
+                ),
+                name=f"tcp {address}:{port}",
+            )
+            for port in ports
+        ]
+        trace_task = tg.create_task(traced(), name=f"trace {address}") if with_trace else None
+
+    stats = ping_task.result()
+    trace_result = trace_task.result() if trace_task is not None else None
+    if trace_result is not None:
+        trace_result = replace(trace_result, target=host)
+    tcp: tuple[TcpRtt, ...] = tuple(t.result() for t in tcp_tasks)
+    return ProbeResult(
+        target=host,
+        address=address,
+        ping=replace(stats, target=host),
+        tcp=tcp,
+        trace=trace_result,
+        started_at=started_at,
+        interrupted=stop is not None and stop.is_set(),
+        notes=tuple(notes),
+    )
+
+
+__all__ = ["probe_target"]
