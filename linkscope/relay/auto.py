@@ -47,6 +47,7 @@ from linkscope.relay.decide import (
     LinkEstimate,
     Round,
     Segment,
+    gain,
     segments,
 )
 
@@ -83,7 +84,9 @@ class AutoConfig:
         if self.model not in MODELS:
             raise InputError(f"unknown --optimize model {self.model!r}; use one of {MODELS}")
         if not (self.interval > 0 and math.isfinite(self.interval)):
-            raise InputError(f"--interval must be a positive number of seconds, not {self.interval}")
+            raise InputError(
+                f"--interval must be a positive number of seconds, not {self.interval}"
+            )
         if not (0.0 <= self.hysteresis < 1.0):
             raise InputError(f"--hysteresis must be a fraction in [0, 1), not {self.hysteresis}")
         if self.rounds < 1:
@@ -103,7 +106,7 @@ class AutoConfig:
             )
 
 
-# -- measurement --------------------------------------------------------------------------------
+# -- measurement ----------------------------------------------------------------------------------
 class Prober(Protocol):
     """How a round is measured; the real one sends packets, tests may script it."""
 
@@ -202,7 +205,11 @@ class SegmentStatus:
 
 @dataclass(frozen=True)
 class ChainStatus:
-    """A chain's predicted metrics this round (``gain`` over direct, None when unknown)."""
+    """A chain's predicted metrics this round, in the model's unit (``cost``).
+
+    ``gain`` is the relative improvement over the direct path (0.5 = half the direct cost; for
+    the throughput model, of the inverse rate), None when the direct path was not measured.
+    """
 
     hops: Chain
     rtt_ms: float | None
@@ -249,11 +256,11 @@ class Estimates:
         out.update((SOURCE, n) for n in self.agents_down)
         return frozenset(out)
 
-    def graph(self) -> nx.DiGraph:
+    def graph(self, relays: Iterable[str] = ()) -> nx.DiGraph:
         """The planner's graph: one edge per live, measured segment (dead ones are left out)."""
-        from linkscope.graph import add_edge
+        from linkscope.graph import add_edge, new_graph
 
-        g = nx.DiGraph()
+        g = new_graph(SOURCE, relays)
         dead = self.dead()
         for (u, v), e in self.links.items():
             if (u, v) in dead or e.rtt_ms is None or e.loss is None:
@@ -293,35 +300,33 @@ def evaluate(
     Costs become "lower is better" for every model: the throughput model's predicted rate is
     turned into its inverse.
     """
-    from linkscope.plan import plan_chains
+    from linkscope.plan import ChainEstimate, plan_chains
 
-    out: dict[Chain, ChainStatus] = {}
+    found: dict[Chain, ChainEstimate] = {}
     if SOURCE in g and target in g:
         plan = plan_chains(
             g, SOURCE, target, model=model, max_hops=max_hops, alternatives=alternatives
         )
         for est in (plan.direct, *plan.chains):
             if est is not None:
-                cs = _chain_status(est)
-                out.setdefault(cs.hops, cs)
-        if current is not None and current not in out and _has_path(g, current, target):
+                found.setdefault(tuple(est.hops), est)
+        if current and current not in found and _has_path(g, current, target):
             try:
-                exact = plan_chains(
-                    g, SOURCE, target, model=model, chain=list(current), max_hops=max(
-                        max_hops, len(current)
-                    )
-                )
-            except Exception:  # the current chain cannot be evaluated: it is not a candidate
+                exact = plan_chains(g, SOURCE, target, model=model, chain=list(current))
+            except InputError:  # the current chain cannot be evaluated: it is not a candidate
                 exact = None
-            if exact is not None:
-                for est in exact.chains:
-                    cs = _chain_status(est)
-                    if cs.hops == current:
-                        out[cs.hops] = cs
-    ranked = sorted(out.values(), key=lambda c: (_cost(model, c), len(c.hops), c.hops))
-    rnd = Round(
-        tuple(Candidate(c.hops, _cost(model, c)) for c in ranked), frozenset(dead)
-    )
+            for est in exact.chains if exact is not None else ():
+                if tuple(est.hops) == current:
+                    found[current] = est
+    direct = found.get(DIRECT)
+    direct_cost = _cost(model, direct.cost) if direct is not None else None
+    statuses = []
+    for hops, est in found.items():
+        cost = _cost(model, est.cost)
+        rel = None if direct_cost is None else gain(direct_cost, cost)
+        statuses.append(ChainStatus(hops, est.rtt_ms, est.loss, est.cost, rel))
+    ranked = sorted(statuses, key=lambda c: (_cost(model, c.cost), len(c.hops), c.hops))
+    rnd = Round(tuple(Candidate(c.hops, _cost(model, c.cost)) for c in ranked), frozenset(dead))
     return rnd, tuple(ranked)
 
 
@@ -329,23 +334,13 @@ def _has_path(g: nx.DiGraph, chain: Chain, target: str) -> bool:
     return all(g.has_edge(u, v) for u, v in segments(SOURCE, chain, target))
 
 
-def _chain_status(est: Any) -> ChainStatus:
-    return ChainStatus(
-        hops=tuple(est.hops),
-        rtt_ms=getattr(est, "rtt_ms", None),
-        loss=getattr(est, "loss", None),
-        cost=getattr(est, "cost", None),
-        gain=getattr(est, "gain", None),
-    )
-
-
-def _cost(model: str, c: ChainStatus) -> float:
+def _cost(model: str, cost: float | None) -> float:
     """The decider's cost (lower is better, inf when unknown) from the planner's figure."""
-    if c.cost is None or math.isnan(c.cost):
+    if cost is None or math.isnan(cost):
         return math.inf
     if model == "throughput":
-        return math.inf if c.cost <= 0 else 1.0 / c.cost
-    return c.cost if c.cost >= 0 else math.inf
+        return math.inf if cost <= 0 else 1.0 / cost
+    return cost if cost >= 0 else math.inf
 
 
 # -- the running relay ----------------------------------------------------------------------------
@@ -454,7 +449,7 @@ class AutoRelay:
         self.estimates.observe(rs, at)
         dead = self.estimates.dead()
         rnd, self.candidates = evaluate(
-            self.estimates.graph(),
+            self.estimates.graph(self.cfg.nodes.nodes),
             self.cfg.target_name,
             model=self.cfg.model,
             max_hops=self.cfg.max_hops,
@@ -535,7 +530,120 @@ class AutoRelay:
                     await stop.wait()
 
 
-def suspect_segment(chain: Chain, target: str, hop_index: int | None, onward: bool) -> Segment | None:
+# -- the serving side -----------------------------------------------------------------------------
+_ONWARD = frozenset({9, 10, 11, 8})  # CONNECT_FAILED, CONNECT_TIMEOUT, RESOLVE_FAILED, NOT_ALLOWED
+
+
+def blame(chain: Chain, target: str, exc: BaseException) -> tuple[str, Segment | None]:
+    """A one-line reason and the suspected segment for a chain that did not come up."""
+    from linkscope.relay.entry import ChainRefused
+
+    if isinstance(exc, ChainRefused):
+        from_entry = exc.index == 0 and "from the entry" in exc.reason
+        onward = exc.code in _ONWARD and not from_entry
+        seg = suspect_segment(chain, target, exc.index, onward)
+        return f"hop {exc.hop} refused: {exc.reason}", seg
+    if not chain:
+        return f"direct connect failed: {exc}", (SOURCE, target)
+    return str(exc) or type(exc).__name__, None
+
+
+class AutoEntry:
+    """The listener of `relay --auto`: each client gets the chain current at accept time.
+
+    When a chain does not come up, the decider hears of it at once (it fails over), and the same
+    client is retried once on the new chain if there is time left, so one dead hop costs a client
+    at most one chain-up timeout. Open connections keep the chain they started on.
+    """
+
+    def __init__(
+        self,
+        relay: AutoRelay,
+        host: str,
+        port: int,
+        *,
+        grace: float = 5.0,
+        retries: int = 2,
+    ) -> None:
+        from linkscope.relay.net import Listener, bind_listener
+
+        self.relay = relay
+        self.grace = grace
+        self.retries = retries
+        try:
+            sock = bind_listener(host, port)
+        except OSError as exc:
+            raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        self._listener = Listener(sock, name="auto-entry")
+        self.relay.listen = f"{host}:{self.address[1]}"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self._listener.address
+
+    async def serve(self) -> None:
+        await self._listener.serve(self._handle, grace=self.grace)
+
+    def stop(self) -> None:
+        self._listener.stop()
+
+    async def _open(self, chain: Chain) -> Any:
+        from linkscope.relay.entry import open_chain
+        from linkscope.relay.net import connect_address, resolve
+
+        cfg = self.relay.cfg
+        target = (cfg.target_host, cfg.target_port)
+        if chain:
+            nodes = [cfg.nodes.nodes[n] for n in chain]
+            return await open_chain(nodes, target, timeout=cfg.chain_timeout)
+        infos = await resolve(cfg.target_host, cfg.target_port)
+        last: BaseException | None = None
+        for family, address in infos:
+            try:
+                return await connect_address(family, address, cfg.target_port, cfg.chain_timeout)
+            except Exception as exc:
+                last = exc
+        raise last if last is not None else OSError(f"{cfg.target_host} does not resolve")
+
+    async def _handle(self, client: Any) -> None:
+        import socket as _socket
+
+        from linkscope.relay.pump import pump
+
+        loop = asyncio.get_running_loop()
+        relay = self.relay
+        relay.connections_total += 1
+        upstream = None
+        tried: list[Chain] = []
+        for _ in range(self.retries + 1):
+            chain = relay.current if relay.current is not None else DIRECT
+            if chain in tried:
+                break
+            tried.append(chain)
+            started = loop.time()
+            try:
+                upstream = await self._open(chain)
+            except Exception as exc:
+                reason, seg = blame(chain, relay.cfg.target_name, exc)
+                relay.chain_failed(chain, reason, seg)
+                continue
+            relay.chain_up((loop.time() - started) * 1000.0)
+            break
+        if upstream is None:
+            with contextlib.suppress(OSError):
+                client.shutdown(_socket.SHUT_RDWR)
+            client.close()
+            return
+        relay.connections_open += 1
+        try:
+            await pump(client, upstream)
+        finally:
+            relay.connections_open -= 1
+
+
+def suspect_segment(
+    chain: Chain, target: str, hop_index: int | None, onward: bool
+) -> Segment | None:
     """The segment to blame for a chain-up failure.
 
     ``hop_index`` is the 0-based index of the hop that reported (or failed to answer); ``onward``
@@ -553,6 +661,7 @@ __all__ = [
     "MODELS",
     "SOURCE",
     "AutoConfig",
+    "AutoEntry",
     "AutoRelay",
     "AutoStatus",
     "ChainStatus",
@@ -560,6 +669,7 @@ __all__ = [
     "Prober",
     "RoundSamples",
     "SegmentStatus",
+    "blame",
     "evaluate",
     "measure_round",
     "suspect_segment",

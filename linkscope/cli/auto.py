@@ -1,0 +1,457 @@
+"""`linkscope relay --auto`: the CLI-facing entry point of the probe → plan → apply loop.
+
+``run_relay_auto(...)`` is what the `relay` command calls for ``--auto``; it parses and validates
+its arguments (exit 2 on bad input), runs the loop in ``linkscope.relay.auto`` and renders: a rich
+Live view when stderr is a terminal, one structured log line per decision otherwise (key=value, or
+JSON with ``--json``, which also prints one summary document on stdout at exit).
+
+``python -m linkscope.cli.auto --listen ... --to ...`` runs the same thing stand-alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import signal
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import typer
+
+from linkscope.errors import ExitStatus, InputError, LinkscopeError
+from linkscope.relay.decide import Decision, DecisionKind, chain_label
+
+DEFAULT_INTERVAL = 10.0
+DEFAULT_HYSTERESIS = 0.10
+DEFAULT_ROUNDS = 3
+
+
+def parse_listen(text: str, option: str = "--listen") -> tuple[str, int]:
+    """``HOST:PORT``, ``[V6]:PORT`` or ``:PORT`` (= 127.0.0.1:PORT); InputError otherwise."""
+    text = text.strip()
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        raise InputError(f"{option} must be HOST:PORT or :PORT, not {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise InputError(f"{option}: put an IPv6 address in brackets, e.g. [::1]:2222")
+    if not host:
+        host = "127.0.0.1"
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise InputError(f"{option}: port {port_text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise InputError(f"{option}: port {port} is out of range")
+    return host, port
+
+
+def parse_target(text: str) -> tuple[str, int]:
+    """``--to HOST:PORT``: the host must be given, the port non-zero."""
+    host, port = parse_listen(text, "--to")
+    if not text.strip().rpartition(":")[0]:
+        raise InputError(f"--to must be HOST:PORT, not {text!r}")
+    if port == 0:
+        raise InputError("--to: port 0 is not a target port")
+    return host, port
+
+
+# -- the live prober (real packets) -------------------------------------------------------------
+class LiveProber:
+    """Local pings with ``linkscope.probe.ping``; relay edges through each agent's probe service."""
+
+    def __init__(self, *, count: int, interval: float, timeout: float) -> None:
+        self.count = count
+        self.interval = interval
+        self.timeout = timeout
+
+    async def local(self, host: str) -> list[float | None]:
+        from linkscope.probe import ping
+
+        stats = await ping(host, count=self.count, interval=self.interval, timeout=self.timeout)
+        return list(stats.rtts)
+
+    async def via_agent(self, node: Any, hosts: Sequence[str]) -> Mapping[str, list[float | None]]:
+        from linkscope.probe import PingStats
+        from linkscope.relay.entry import probe_via_agent
+
+        budget = self.count * self.interval + self.timeout + 2.0
+        doc = await probe_via_agent(node, list(hosts), (), self.count, timeout=budget)
+        out: dict[str, list[float | None]] = {}
+        for r in doc.get("results", []):
+            ping_doc = r.get("ping")
+            if not isinstance(ping_doc, dict) or "error" in ping_doc or "method" not in ping_doc:
+                out[str(r.get("target"))] = []
+                continue
+            out[str(r.get("target"))] = list(PingStats.from_dict(ping_doc).rtts)
+        return out
+
+
+# -- history ------------------------------------------------------------------------------------
+class DecisionLog:
+    """Where decisions go: a structured line (or nothing, under the Live view) and the store."""
+
+    def __init__(
+        self,
+        *,
+        stream: TextIO | None,
+        as_json: bool,
+        store: Any | None,
+        target: str,
+        model: str,
+    ) -> None:
+        self.stream = stream
+        self.as_json = as_json
+        self.store = store
+        self.target = target
+        self.model = model
+        self.store_errors = 0
+
+    def line(self, event: str, fields: Mapping[str, object]) -> None:
+        from linkscope.cli.render.auto import log_line
+
+        if self.stream is not None:
+            self.stream.write(log_line(event, fields, as_json=self.as_json) + "\n")
+            self.stream.flush()
+
+    def decision(self, d: Decision, status: Any) -> None:
+        from linkscope.cli.render.auto import decision_fields
+
+        if d.kind != DecisionKind.KEEP or d.changed:
+            self.line("decision", decision_fields(d, status))
+        if self.store is not None and d.kind != DecisionKind.KEEP:
+            self._store(d, status)
+
+    def _store(self, d: Decision, status: Any) -> None:
+        store = self.store
+        assert store is not None
+        predicted = status.predicted.to_dict() if status.predicted is not None else None
+        observed = {
+            "segments_rtt_ms": status.observed_rtt_ms,
+            "chain_up_p50_ms": status.observed_setup_ms,
+            "segments": [
+                {"from": s.segment[0], "to": s.segment[1], "rtt_ms": s.rtt_ms, "loss": s.loss}
+                for s in status.segments
+                if s.segment in status.current_segments
+            ],
+        }
+        try:
+            record = store.record_decision
+            record(
+                chain=chain_label(d.chain),
+                reason=f"{d.kind.value}: {d.reason}",
+                predicted=_clean({**d.to_dict(), "model": self.model, "chain": predicted}),
+                observed=_clean(observed),
+                target=self.target,
+            )
+        except TypeError:
+            # an older record_decision signature: fall back to positional (chain, reason, ...)
+            try:
+                store.record_decision(
+                    chain_label(d.chain), f"{d.kind.value}: {d.reason}", _clean(d.to_dict())
+                )
+            except Exception as exc:
+                self._store_failed(exc)
+        except Exception as exc:
+            self._store_failed(exc)
+
+    def _store_failed(self, exc: Exception) -> None:
+        self.store_errors += 1
+        if self.store_errors == 1:
+            self.line("store_error", {"error": str(exc) or type(exc).__name__})
+
+
+def _clean(doc: Any) -> Any:
+    """JSON-safe: non-finite floats become None."""
+    if isinstance(doc, float):
+        return doc if math.isfinite(doc) else None
+    if isinstance(doc, dict):
+        return {k: _clean(v) for k, v in doc.items()}
+    if isinstance(doc, (list, tuple)):
+        return [_clean(v) for v in doc]
+    return doc
+
+
+def _open_store(db: Path | None) -> Any | None:
+    """The history store, or None when the store module is not available in this build."""
+    try:
+        from linkscope.store import Store
+    except ImportError:
+        return None
+    opener: Callable[..., Any] = getattr(Store, "open", Store)
+    return opener(db)
+
+
+# -- the command --------------------------------------------------------------------------------
+def run_relay_auto(
+    listen: str,
+    to: str,
+    nodes: Path | None = None,
+    optimize: str = "interactive",
+    interval: float = DEFAULT_INTERVAL,
+    hysteresis: float = DEFAULT_HYSTERESIS,
+    rounds: int = DEFAULT_ROUNDS,
+    dry_run: bool = False,
+    db: Path | None = None,
+    json_output: bool = False,
+    *,
+    max_hops: int = 3,
+    probe_count: int = 10,
+    loss_window: int = 100,
+    chain_timeout: float = 4.0,
+    live: bool | None = None,
+) -> int:
+    """`relay --listen L --to T --auto`: probe, plan, serve on the best chain, keep it right.
+
+    Returns the exit status: 0 after a graceful stop (SIGTERM/SIGINT) or a successful dry run,
+    1 when nothing at all is reachable in a dry run. Raises InputError/ConfigError (exit 2) for
+    bad arguments or files, before any packet is sent.
+    """
+    from linkscope.inventory import load_inventory
+    from linkscope.relay.auto import AutoConfig, AutoEntry, AutoRelay
+
+    host, port = parse_listen(listen)
+    target_host, target_port = parse_target(to)
+    inventory = load_inventory(nodes)
+    cfg = AutoConfig(
+        target_host=target_host,
+        target_port=target_port,
+        target_name=target_host,
+        nodes=inventory,
+        model=optimize,
+        interval=interval,
+        hysteresis=hysteresis,
+        rounds=rounds,
+        max_hops=max_hops,
+        probe_count=probe_count,
+        loss_window=loss_window,
+        chain_timeout=chain_timeout,
+    )
+    cfg.check()
+    if chain_timeout <= 0:
+        raise InputError(f"--chain-timeout must be positive, not {chain_timeout}")
+    _resolve_all(cfg)
+
+    err = sys.stderr
+    use_live = (err.isatty() and not json_output) if live is None else live
+    store = _open_store(db)
+    log = DecisionLog(
+        stream=None if use_live else err,
+        as_json=json_output,
+        store=store,
+        target=f"{target_host}:{target_port}",
+        model=optimize,
+    )
+    for w in inventory.warnings:
+        log.line("warning", {"message": w})
+    prober = LiveProber(count=probe_count, interval=0.05, timeout=1.0)
+    relay = AutoRelay(cfg, prober, listen=f"{host}:{port}", on_decision=log.decision)
+
+    entry: AutoEntry | None = None
+    if not dry_run:
+        entry = AutoEntry(relay, host, port)  # bind before probing: a bad --listen fails fast
+
+    try:
+        if dry_run:
+            return asyncio.run(_dry_run(relay, json_output, use_live))
+        assert entry is not None
+        return _run_loop(_serve(relay, entry, log, use_live, json_output))
+    finally:
+        if store is not None:
+            with contextlib.suppress(Exception):
+                store.close()
+
+
+def _run_loop(coro: Any) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - installed on Linux
+        return int(asyncio.run(coro))
+    return int(uvloop.run(coro))
+
+
+def _resolve_all(cfg: Any) -> None:
+    """Resolve the target and every relay once up front: a bad name is an input error (exit 2)."""
+    from linkscope.probe import resolve
+
+    resolve(cfg.target_host)
+    for node in cfg.nodes.nodes.values():
+        try:
+            resolve(node.host)
+        except LinkscopeError as exc:
+            raise InputError(f"relay node {node.name}: {exc}") from exc
+
+
+async def _dry_run(relay: Any, json_output: bool, use_live: bool) -> int:
+    from rich.console import Console
+
+    from linkscope.cli.render.auto import plan_view
+
+    err = Console(stderr=True, highlight=False)
+    if use_live:
+        err.print("probing the direct path and every relay…", markup=False)
+    d = await relay.probe_round()
+    status = relay.status()
+    if json_output:
+        doc = {"dry_run": True, "decision": d.to_dict(), **status.to_dict()}
+        sys.stdout.write(json.dumps(_clean(doc), sort_keys=True) + "\n")
+    else:
+        Console(highlight=False).print(plan_view(status, d))
+    return ExitStatus.FAILED if d.kind == DecisionKind.STRANDED else ExitStatus.OK
+
+
+async def _serve(
+    relay: Any, entry: Any, log: DecisionLog, use_live: bool, json_output: bool
+) -> int:
+    from rich.console import Console
+    from rich.live import Live
+
+    from linkscope.cli.render.auto import plan_view, status_view
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    err = Console(stderr=True, highlight=False)
+    started = time.time()
+
+    log.line(
+        "start", {"listen": relay.listen, "to": relay.status().target, "model": relay.cfg.model}
+    )
+    first = asyncio.create_task(relay.probe_round(), name="auto-first-round")
+    stopper = asyncio.create_task(stop.wait(), name="auto-stop-wait")
+    await asyncio.wait({first, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    if not first.done():
+        first.cancel()
+        stopper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+        log.line("stop", {"reason": "signal before the first round", "rounds": 0})
+        return ExitStatus.OK
+    stopper.cancel()
+    d = first.result()
+    if use_live:
+        err.print(plan_view(relay.status(), d))
+    log.line("listening", {"listen": relay.listen, "chain": chain_label(d.chain)})
+
+    live_view: Live | None = None
+    if use_live:
+        live_view = Live(status_view(relay.status()), console=err, refresh_per_second=2)
+        live_view.start()
+
+    def tick() -> None:
+        if live_view is not None:
+            live_view.update(status_view(relay.status()))
+
+    async def refresh() -> None:
+        while live_view is not None:
+            tick()
+            await asyncio.sleep(0.5)
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            serving = tg.create_task(entry.serve(), name="auto-entry-serve")
+            rounds = tg.create_task(
+                relay.run_rounds(lambda _d: None, stop, tick=tick), name="auto-rounds"
+            )
+            view = tg.create_task(refresh(), name="auto-live-refresh") if live_view else None
+            await stop.wait()
+            rounds.cancel()
+            if view is not None:
+                view.cancel()
+            entry.stop()
+            await serving
+    finally:
+        if live_view is not None:
+            live_view.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+    st = relay.status()
+    summary = {
+        "listen": relay.listen,
+        "to": st.target,
+        "model": st.model,
+        "chain": list(st.current) if st.current is not None else None,
+        "rounds": st.round_no,
+        "switches": st.switches,
+        "failovers": st.failovers,
+        "connections": st.connections_total,
+        "chain_failures": st.chain_failures,
+        "uptime_s": round(time.time() - started, 3),
+    }
+    log.line("stop", {k: v for k, v in summary.items() if k not in ("listen", "to", "model")})
+    if json_output:
+        doc = {**summary, "decisions": [{"at": at, **x.to_dict()} for at, x in st.decisions]}
+        sys.stdout.write(json.dumps(_clean(doc), sort_keys=True) + "\n")
+    return ExitStatus.OK
+
+
+# -- stand-alone entry point ----------------------------------------------------------------------
+_cli = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+
+
+@_cli.command()
+def auto(
+    listen: str = typer.Option(..., "--listen", help="Local HOST:PORT (or :PORT) for clients."),
+    to: str = typer.Option(..., "--to", help="Final target HOST:PORT."),
+    nodes: Path | None = typer.Option(None, "--nodes", help="Inventory TOML (default: XDG)."),
+    optimize: str = typer.Option("interactive", "--optimize", help="Cost model."),
+    interval: float = typer.Option(DEFAULT_INTERVAL, "--interval", help="Seconds between rounds."),
+    hysteresis: float = typer.Option(DEFAULT_HYSTERESIS, "--hysteresis", help="Gain to switch."),
+    rounds: int = typer.Option(DEFAULT_ROUNDS, "--rounds", help="Consecutive rounds to switch."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Plan and show; do not listen."),
+    db: Path | None = typer.Option(None, "--db", help="History database."),
+    json_output: bool = typer.Option(False, "--json", help="JSON log lines; summary on stdout."),
+    max_hops: int = typer.Option(3, "--max-hops", help="Most relays in a chain."),
+    probe_count: int = typer.Option(10, "--probe-count", help="Probes per segment per round."),
+    loss_window: int = typer.Option(100, "--loss-window", help="Probes in the loss window."),
+    chain_timeout: float = typer.Option(4.0, "--chain-timeout", help="Seconds to chain-up."),
+) -> int:
+    """Relay with automatic chain choice (the same as `linkscope relay --auto`)."""
+    rc = run_relay_auto(
+        listen,
+        to,
+        nodes,
+        optimize,
+        interval,
+        hysteresis,
+        rounds,
+        dry_run,
+        db,
+        json_output,
+        max_hops=max_hops,
+        probe_count=probe_count,
+        loss_window=loss_window,
+        chain_timeout=chain_timeout,
+    )
+    return rc
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Stand-alone entry point with the CLI's one-line error contract."""
+    try:
+        rv = _cli(args=argv, prog_name="linkscope-relay-auto", standalone_mode=False)
+    except typer.TyperException as exc:
+        print(f"linkscope: error: {exc.format_message()}", file=sys.stderr)
+        sys.exit(exc.exit_code if exc.exit_code else ExitStatus.USAGE)
+    except LinkscopeError as exc:
+        print(f"linkscope: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_status)
+    except KeyboardInterrupt:
+        print("linkscope: interrupted", file=sys.stderr)
+        sys.exit(ExitStatus.INTERRUPTED)
+    sys.exit(int(rv) if isinstance(rv, int) else ExitStatus.OK)
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["LiveProber", "main", "parse_listen", "parse_target", "run_relay_auto"]

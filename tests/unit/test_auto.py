@@ -1,0 +1,278 @@
+"""The `relay --auto` loop with scripted measurements: estimates → graph → plan → decision."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from linkscope.errors import InputError
+from linkscope.inventory import Inventory, Node
+from linkscope.relay.auto import (
+    SOURCE,
+    AutoConfig,
+    AutoRelay,
+    Estimates,
+    RoundSamples,
+    blame,
+    evaluate,
+    measure_round,
+    suspect_segment,
+)
+from linkscope.relay.decide import DecisionKind
+from linkscope.relay.entry import ChainRefused
+from linkscope.wire import Status
+
+KEY = bytes(range(32))
+
+
+def node(name: str, host: str) -> Node:
+    return Node(name, host, 7070, Path(f"/keys/{name}.key"), KEY)
+
+
+NODES = {"sh": node("sh", "10.0.0.2"), "mx": node("mx", "10.0.0.3")}
+INV = Inventory(Path("/nodes.toml"), NODES)
+TARGET = "10.0.0.9"
+
+
+def cfg(**kw: object) -> AutoConfig:
+    base: dict[str, object] = {
+        "target_host": TARGET,
+        "target_port": 22,
+        "target_name": "br",
+        "nodes": INV,
+        "rounds": 3,
+        "hysteresis": 0.1,
+        "loss_window": 20,
+    }
+    base.update(kw)
+    return AutoConfig(**base)  # type: ignore[arg-type]
+
+
+def probes(rtt: float, lost: int, n: int = 10) -> list[float | None]:
+    return [None] * lost + [rtt] * (n - lost)
+
+
+# Brazil-like figures: direct 350 ms / 40 % loss; sh 30 ms clean; sh→br 300 ms / 10 %;
+# sh→mx 200 ms clean, mx→br 60 ms clean; mx direct from home 250 ms / 20 %.
+BRAZIL: dict[tuple[str, str], list[float | None]] = {
+    (SOURCE, "br"): probes(350.0, 4),
+    (SOURCE, "sh"): probes(30.0, 0),
+    (SOURCE, "mx"): probes(250.0, 2),
+    ("sh", "br"): probes(300.0, 1),
+    ("sh", "mx"): probes(200.0, 0),
+    ("mx", "br"): probes(60.0, 0),
+    ("mx", "sh"): probes(200.0, 0),
+}
+
+
+def rs(
+    samples: Mapping[tuple[str, str], list[float | None]], down: Mapping[str, str] | None = None
+) -> RoundSamples:
+    return RoundSamples(dict(samples), dict(down or {}), 0.1)
+
+
+def with_(**changes: list[float | None]) -> dict[tuple[str, str], list[float | None]]:
+    out = dict(BRAZIL)
+    for k, v in changes.items():
+        a, b = k.split("_")
+        out[(SOURCE if a == "local" else a, b)] = v
+    return out
+
+
+# -- config validation ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"model": "fastest"}, "unknown --optimize"),
+        ({"interval": 0.0}, "--interval"),
+        ({"interval": math.nan}, "--interval"),
+        ({"hysteresis": 1.5}, "--hysteresis"),
+        ({"hysteresis": -0.1}, "--hysteresis"),
+        ({"rounds": 0}, "--rounds"),
+        ({"max_hops": -1}, "--max-hops"),
+        ({"probe_count": 0}, "--probe-count"),
+        ({"loss_window": 0}, "--loss-window"),
+        ({"target_name": "sh"}, "name of a relay"),
+    ],
+)
+def test_config_rejects_bad_values(kw: dict[str, object], match: str) -> None:
+    with pytest.raises(InputError, match=match):
+        cfg(**kw).check()
+
+
+# -- the loop, scripted ---------------------------------------------------------------------------
+def test_initial_choice_relays_through_sh() -> None:
+    relay = AutoRelay(cfg(), prober=None)  # type: ignore[arg-type]
+    d = relay.feed(rs(BRAZIL))
+    assert d.kind == DecisionKind.INITIAL
+    assert d.chain in (("sh",), ("sh", "mx"))
+    assert "better than direct" in d.reason
+    st = relay.status()
+    assert st.current == d.chain
+    assert st.predicted is not None and st.predicted.hops == d.chain
+    assert st.predicted.gain is not None and st.predicted.gain > 0.3
+    direct = next(c for c in st.candidates if c.hops == ())
+    assert direct.gain == 0.0 and direct.loss == pytest.approx(0.4)
+    # every candidate ranked, cheapest first
+    costs = [c.cost for c in st.candidates]
+    assert costs == sorted(costs)  # type: ignore[type-var]
+
+
+def test_failover_on_total_loss_then_return_after_hysteresis() -> None:
+    relay = AutoRelay(cfg(rounds=3), prober=None)  # type: ignore[arg-type]
+    first = relay.feed(rs(BRAZIL)).chain
+    assert first[0] == "sh"
+    d = relay.feed(rs(with_(local_sh=[None] * 10)))
+    assert d.kind == DecisionKind.FAILOVER
+    assert "sh" not in d.chain
+    assert "total loss on local→sh" in d.reason
+    # back to clean: the windowed loss of local→sh still remembers; the return waits
+    kinds = [relay.feed(rs(BRAZIL)).kind for _ in range(8)]
+    assert DecisionKind.SWITCH in kinds
+    i = kinds.index(DecisionKind.SWITCH)
+    assert i >= 2  # at least `rounds` rounds after the failover
+    assert all(k == DecisionKind.HOLD for k in kinds[i - 2 : i])
+    assert relay.current is not None and relay.current[0] == "sh"
+    assert relay.decider.failovers == 1 and relay.decider.switches == 1
+
+
+def test_agent_down_makes_its_segments_dead() -> None:
+    relay = AutoRelay(cfg(), prober=None)  # type: ignore[arg-type]
+    relay.feed(rs(BRAZIL))
+    samples = with_(sh_br=[], sh_mx=[])
+    d = relay.feed(rs(samples, {"sh": "timeout"}))
+    assert d.kind == DecisionKind.FAILOVER
+    assert "sh" not in d.chain
+    dead = relay.estimates.dead()
+    assert (SOURCE, "sh") in dead and ("sh", "br") in dead
+
+
+def test_chain_up_failure_fails_over_immediately() -> None:
+    relay = AutoRelay(cfg(), prober=None)  # type: ignore[arg-type]
+    relay.feed(rs(BRAZIL))
+    cur = relay.current
+    assert cur is not None
+    d = relay.chain_failed(cur, "hop sh refused: onward connect failed", (SOURCE, "sh"))
+    assert d is not None and d.kind == DecisionKind.FAILOVER
+    assert relay.current is not None and "sh" not in relay.current
+    assert relay.status().chain_failures == 1
+
+
+@pytest.mark.parametrize(
+    ("pattern", "max_changes"),
+    [("ud" * 15, 0), ("uuddd" * 6, 1), ("uuuddd" * 5, 10), ("uuuuuudddddd" * 3, 6)],
+)
+def test_flapping_link_switches_at_most_once_per_window(pattern: str, max_changes: int) -> None:
+    """sh→br's RTT oscillating so that sh is 26 % better or 14 % worse than mx: no flapping."""
+    relay = AutoRelay(cfg(rounds=3, alpha=0.0, model="latency"), prober=None)  # type: ignore[arg-type]
+    base = {
+        (SOURCE, "br"): probes(350.0, 4),
+        (SOURCE, "sh"): probes(30.0, 0),
+        (SOURCE, "mx"): probes(250.0, 0),
+        ("mx", "br"): probes(60.0, 0),
+    }
+    relay.feed(rs({**base, ("sh", "br"): probes(250.0, 0)}))
+    assert relay.current == ("sh",)
+    changes = []
+    for i, c in enumerate(pattern):
+        rtt = 200.0 if c == "u" else 330.0  # sh: 230 ms vs mx's 310 ms, or 360 ms
+        d = relay.feed(rs({**base, ("sh", "br"): probes(rtt, 0)}))
+        if d.kind in (DecisionKind.SWITCH, DecisionKind.FAILOVER):
+            changes.append(i)
+    assert all(b - a >= 3 for a, b in itertools.pairwise(changes))
+    assert len(changes) <= max_changes
+    if pattern.startswith("uuud"):
+        assert changes  # a sustained change (>= 3 rounds) is followed
+
+
+def test_evaluate_current_chain_outside_the_top_k() -> None:
+    est = Estimates(window=10)
+    est.observe(rs(BRAZIL))
+    g = est.graph(NODES)
+    rnd, chains = evaluate(
+        g, "br", model="interactive", max_hops=2, alternatives=0, current=("mx", "sh")
+    )
+    hops = [c.hops for c in chains]
+    assert () in hops and ("mx", "sh") in hops
+    assert rnd.cost_of(("mx", "sh")) is not None
+
+
+def test_evaluate_throughput_cost_is_inverted() -> None:
+    est = Estimates(window=10)
+    est.observe(rs(BRAZIL))
+    rnd, chains = evaluate(
+        est.graph(NODES), "br", model="throughput", max_hops=2, alternatives=5, current=None
+    )
+    best = chains[0]
+    assert best.cost is not None and best.cost == max(c.cost or 0.0 for c in chains)
+    assert rnd.candidates[0].cost == pytest.approx(1.0 / best.cost)
+
+
+# -- measurement round, scripted prober -----------------------------------------------------------
+class ScriptedProber:
+    def __init__(self, down: set[str] = set(), slow: set[str] = set()) -> None:  # noqa: B006
+        self.down = down
+        self.slow = slow
+        self.asked: list[tuple[str, tuple[str, ...]]] = []
+
+    async def local(self, host: str) -> list[float | None]:
+        if host in self.slow:
+            await asyncio.sleep(10)
+        return [1.0, None]
+
+    async def via_agent(self, n: Node, hosts: Sequence[str]) -> Mapping[str, list[float | None]]:
+        self.asked.append((n.name, tuple(hosts)))
+        if n.name in self.down:
+            raise ConnectionRefusedError(111, "Connection refused")
+        return {h: [2.0] for h in hosts}
+
+
+async def test_measure_round_maps_hosts_to_segments() -> None:
+    p = ScriptedProber(down={"mx"})
+    out = await measure_round(p, cfg())
+    assert out.samples[(SOURCE, "br")] == [1.0, None]
+    assert out.samples[(SOURCE, "sh")] == [1.0, None]
+    assert out.samples[("sh", "br")] == [2.0] and out.samples[("sh", "mx")] == [2.0]
+    assert out.samples[("mx", "br")] == [] and out.samples[("mx", "sh")] == []
+    assert "refused" in out.agents_down["mx"].lower()
+    assert sorted(p.asked) == [("mx", (TARGET, "10.0.0.2")), ("sh", (TARGET, "10.0.0.3"))]
+
+
+async def test_measure_round_bounds_a_hanging_probe() -> None:
+    p = ScriptedProber(slow={TARGET})
+    out = await measure_round(p, cfg(), timeout=0.2)
+    assert out.samples[(SOURCE, "br")] == []
+    assert out.duration_s < 2.0
+
+
+# -- blame ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("exc", "segment"),
+    [
+        (ChainRefused("sh", 0, Status.CONNECT_FAILED, "from the entry: refused"), (SOURCE, "sh")),
+        (ChainRefused("sh", 0, Status.CONNECT_TIMEOUT), ("sh", "mx")),
+        (ChainRefused("mx", 1, Status.CONNECT_FAILED), ("mx", "br")),
+        (ChainRefused("mx", 1, Status.BAD_MAC), ("sh", "mx")),
+        (ChainRefused("sh", 0, Status.RATE_LIMITED), (SOURCE, "sh")),
+        (TimeoutError("did not come up"), None),
+    ],
+)
+def test_blame(exc: BaseException, segment: tuple[str, str] | None) -> None:
+    reason, seg = blame(("sh", "mx"), "br", exc)
+    assert seg == segment
+    assert reason
+
+
+def test_blame_direct() -> None:
+    reason, seg = blame((), "br", ConnectionRefusedError("refused"))
+    assert seg == (SOURCE, "br") and "direct connect failed" in reason
+
+
+def test_suspect_segment_out_of_range() -> None:
+    assert suspect_segment(("sh",), "br", 5, True) is None
+    assert suspect_segment(("sh",), "br", None, False) is None
