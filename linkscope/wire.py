@@ -320,8 +320,8 @@ def _parse_connect(ts: int, nonce: bytes, body: memoryview) -> ConnectLayer:
         raise WireError(Status.MALFORMED, f"unknown flags {flags:#x}")
     if bool(flags & 1) != bool(inner):
         raise WireError(Status.MALFORMED, "next-hop flag disagrees with inner frame")
-    if inner:
-        nesting_depth(inner)  # raises when the inner structure is bad or too deep
+    if inner and nesting_depth(inner) >= MAX_HOPS:  # raises too when the structure is bad
+        raise WireError(Status.MALFORMED, f"chain nested deeper than {MAX_HOPS}")
     return ConnectLayer(ts, nonce, host, port, inner)
 
 

@@ -1,0 +1,322 @@
+"""The chain header codec, replay cache, allowlist and hop state machine: pure, no sockets."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from linkscope.errors import LocalProtocolError
+from linkscope.relay.hop import HopMachine, HopPolicy, HopState, TokenBucket
+from linkscope.wire import (
+    MAX_FRAME,
+    MAX_HOPS,
+    NEED_DATA,
+    Allowlist,
+    ConnectLayer,
+    Frame,
+    FrameReader,
+    HopSpec,
+    Kind,
+    ProbeLayer,
+    ReplayCache,
+    Status,
+    WireError,
+    build_chain,
+    build_connect,
+    build_probe,
+    decode_status,
+    encode_status,
+    nesting_depth,
+    parse_allow_rule,
+    parse_frame,
+    verify_frame,
+)
+
+KEY = bytes(range(32))
+OTHER = bytes(range(1, 33))
+NOW = 1_800_000_000_000
+WINDOW = 30_000
+
+
+def _verify(raw: bytes, key: bytes = KEY, now: int = NOW) -> ConnectLayer | ProbeLayer:
+    return verify_frame(parse_frame(raw), key, now, WINDOW)
+
+
+def test_connect_round_trip_final_target() -> None:
+    raw = build_connect(KEY, "127.0.0.1", 22, now_ms=NOW)
+    layer = _verify(raw)
+    assert isinstance(layer, ConnectLayer)
+    assert (layer.host, layer.port, layer.final, layer.timestamp_ms) == ("127.0.0.1", 22, True, NOW)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "db.example.net"])
+def test_address_types_round_trip(host: str) -> None:
+    layer = _verify(build_connect(KEY, host, 443, now_ms=NOW))
+    assert isinstance(layer, ConnectLayer) and layer.host == host
+
+
+def test_chain_nests_layers_and_each_hop_sees_only_its_own() -> None:
+    keys = [os.urandom(32) for _ in range(3)]
+    hops = [HopSpec(f"h{i}", f"127.0.0.{i + 2}", 7000 + i, k) for i, k in enumerate(keys)]
+    raw = build_chain(hops, ("127.0.0.1", 22), now_ms=NOW)
+    assert nesting_depth(raw) == 3
+    seen = []
+    for i, key in enumerate(keys):
+        layer = _verify(raw, key)
+        assert isinstance(layer, ConnectLayer)
+        seen.append((layer.host, layer.port))
+        if i < 2:
+            with pytest.raises(WireError) as err:  # the next hop's key does not open this layer
+                _verify(raw, keys[i + 1])
+            assert err.value.code is Status.BAD_MAC
+        raw = layer.inner
+    assert seen == [("127.0.0.3", 7001), ("127.0.0.4", 7002), ("127.0.0.1", 22)]
+    assert raw == b""
+
+
+@pytest.mark.parametrize(
+    ("mutate", "code"),
+    [
+        (lambda raw: raw[:-1] + bytes([raw[-1] ^ 1]), Status.BAD_MAC),  # tampered MAC
+        (lambda raw: raw[:20] + bytes([raw[20] ^ 1]) + raw[21:], Status.BAD_MAC),  # tampered body
+        (lambda raw: b"XX" + raw[2:], Status.MALFORMED),  # magic
+        (lambda raw: raw[:2] + b"\x09" + raw[3:], Status.UNSUPPORTED_VERSION),
+        (lambda raw: raw[:3] + b"\x07" + raw[4:], Status.MALFORMED),  # unknown kind
+    ],
+)
+def test_tampered_frames_are_refused_with_their_reason(mutate, code) -> None:  # type: ignore[no-untyped-def]
+    raw = mutate(build_connect(KEY, "127.0.0.1", 22, now_ms=NOW))
+    with pytest.raises(WireError) as err:
+        _verify(raw)
+    assert err.value.code is code
+
+
+def test_wrong_key_is_bad_mac() -> None:
+    with pytest.raises(WireError) as err:
+        _verify(build_connect(OTHER, "127.0.0.1", 22, now_ms=NOW))
+    assert err.value.code is Status.BAD_MAC
+
+
+@pytest.mark.parametrize("skew_ms", [WINDOW + 1, -(WINDOW + 1), 10**9])
+def test_timestamp_outside_window_is_expired(skew_ms: int) -> None:
+    with pytest.raises(WireError) as err:
+        _verify(build_connect(KEY, "127.0.0.1", 22, now_ms=NOW - skew_ms))
+    assert err.value.code is Status.EXPIRED
+
+
+def test_timestamp_at_window_edge_is_accepted() -> None:
+    assert _verify(build_connect(KEY, "127.0.0.1", 22, now_ms=NOW - WINDOW))
+
+
+def test_oversized_declared_length_is_refused_from_the_prefix_alone() -> None:
+    reader = FrameReader()
+    reader.feed(b"LS\x01\x01\xff\xff")
+    with pytest.raises(WireError) as err:
+        reader.next_event()
+    assert err.value.code is Status.OVERSIZED
+
+
+def test_reader_needs_exactly_the_frame_and_reports_need_data() -> None:
+    raw = build_connect(KEY, "127.0.0.1", 22, now_ms=NOW)
+    reader = FrameReader()
+    fed = 0
+    while True:
+        event = reader.next_event()
+        if isinstance(event, Frame):
+            break
+        assert event is NEED_DATA
+        n = reader.bytes_needed()
+        assert n > 0 and fed + n <= len(raw)  # never asks for bytes beyond the frame
+        reader.feed(raw[fed : fed + 1])  # one byte at a time
+        fed += 1
+    assert event.raw == raw and event.kind is Kind.CONNECT and fed == len(raw)
+
+
+def test_garbage_first_byte_is_refused_before_buffering() -> None:
+    reader = FrameReader()
+    reader.feed(b"G")
+    with pytest.raises(WireError) as err:
+        reader.next_event()
+    assert err.value.code is Status.MALFORMED
+
+
+def test_truncated_input_then_eof() -> None:
+    raw = build_connect(KEY, "127.0.0.1", 22, now_ms=NOW)
+    reader = FrameReader()
+    reader.feed(raw[:10])
+    assert reader.next_event() is NEED_DATA
+    with pytest.raises(WireError) as err:
+        reader.eof()
+    assert err.value.code is Status.TRUNCATED
+
+
+def test_chain_depth_is_limited() -> None:
+    hops = [HopSpec(str(i), "127.0.0.2", 7000, KEY) for i in range(MAX_HOPS + 1)]
+    with pytest.raises(LocalProtocolError):
+        build_chain(hops, ("127.0.0.1", 22))
+    # Hand-nest one layer too many: the receiving hop refuses it after the MAC verifies.
+    raw = build_chain(hops[:MAX_HOPS], ("127.0.0.1", 22), now_ms=NOW)
+    raw = build_connect(KEY, "127.0.0.2", 7000, raw, now_ms=NOW)
+    with pytest.raises(WireError) as err:
+        _verify(raw)
+    assert err.value.code is Status.MALFORMED
+
+
+def test_header_size_is_limited() -> None:
+    with pytest.raises(LocalProtocolError):
+        build_connect(KEY, "127.0.0.2", 7000, b"x" * MAX_FRAME)
+
+
+def test_probe_round_trip() -> None:
+    layer = _verify(build_probe(KEY, ["127.0.0.1", "localhost"], [22, 80], 4, now_ms=NOW))
+    assert isinstance(layer, ProbeLayer)
+    assert layer.targets == ("127.0.0.1", "localhost")
+    assert (layer.ports, layer.count) == ((22, 80), 4)
+
+
+def test_status_encoding() -> None:
+    assert decode_status(encode_status(Status.REPLAY, 2)) == (Status.REPLAY, 2)
+    assert all(code.reason for code in Status)
+
+
+def test_replay_cache_refuses_a_nonce_twice_and_forgets_after_two_windows() -> None:
+    cache = ReplayCache(window_ms=1000)
+    cache.check_and_add(b"a" * 16, 0)
+    with pytest.raises(WireError) as err:
+        cache.check_and_add(b"a" * 16, 1999)
+    assert err.value.code is Status.REPLAY
+    cache.check_and_add(b"a" * 16, 2001)  # expired from the cache, and EXPIRED by the window
+
+
+def test_replay_cache_is_bounded_and_refuses_rather_than_evicts() -> None:
+    cache = ReplayCache(window_ms=1000, max_entries=3)
+    for i in range(3):
+        cache.check_and_add(bytes([i]) * 16, 0)
+    with pytest.raises(WireError) as err:
+        cache.check_and_add(b"z" * 16, 10)
+    assert err.value.code is Status.BUSY
+    cache.check_and_add(b"z" * 16, 2001)  # old ones expired
+    assert len(cache) == 1
+
+
+@pytest.mark.parametrize(
+    ("spec", "host", "port", "ok"),
+    [
+        ("127.0.0.0/8", "127.1.2.3", 22, True),
+        ("127.0.0.0/8", "10.0.0.1", 22, False),
+        ("127.0.0.1/32:22", "127.0.0.1", 22, True),
+        ("127.0.0.1/32:22", "127.0.0.1", 23, False),
+        ("127.0.0.1:8000-8010", "127.0.0.1", 8005, True),
+        ("127.0.0.1:8000-8010", "127.0.0.1", 8011, False),
+        ("[::1/128]:22", "::1", 22, True),
+        ("::1/128", "::1", 5, True),
+        ("::1/128", "127.0.0.1", 5, False),
+        ("127.0.0.0/8", "::ffff:127.0.0.1", 5, True),
+        ("127.0.0.0/8", "not-an-address", 5, False),
+    ],
+)
+def test_allowlist(spec: str, host: str, port: int, ok: bool) -> None:
+    assert Allowlist.parse([spec]).allows(host, port) is ok
+
+
+def test_empty_allowlist_allows_nothing() -> None:
+    assert not Allowlist().allows("127.0.0.1", 22)
+
+
+@pytest.mark.parametrize("bad", ["", "300.0.0.0/8", "127.0.0.1:0", "127.0.0.1:9-8", "[::1", "x:y"])
+def test_bad_allow_rules_raise_value_error(bad: str) -> None:
+    with pytest.raises(ValueError):
+        parse_allow_rule(bad)
+
+
+def test_policy_admits_once_then_refuses_replay() -> None:
+    policy = HopPolicy(KEY, allow=Allowlist.parse(["127.0.0.1/32"]))
+    frame = parse_frame(build_connect(KEY, "127.0.0.1", 22))
+    layer = policy.admit(frame, int(__import__("time").time() * 1000))
+    assert isinstance(layer, ConnectLayer)
+    policy.check_target(layer, "127.0.0.1")
+    with pytest.raises(WireError) as err:
+        policy.admit(frame, int(__import__("time").time() * 1000))
+    assert err.value.code is Status.REPLAY
+    with pytest.raises(WireError) as err:
+        policy.check_target(layer, "127.0.0.2")
+    assert err.value.code is Status.NOT_ALLOWED
+
+
+def test_token_bucket() -> None:
+    bucket = TokenBucket(rate=1.0, burst=2.0)
+    assert [bucket.take(0.0) for _ in range(3)] == [True, True, False]
+    assert bucket.take(1.0) and not bucket.take(1.0)
+
+
+def test_hop_state_machine_allows_only_legal_transitions() -> None:
+    hop = HopMachine()
+    hop.to(HopState.CONNECTING)
+    with pytest.raises(LocalProtocolError):
+        hop.to(HopState.PROBING)
+    hop.to(HopState.RELAYING)
+    hop.to(HopState.CLOSED)
+    with pytest.raises(LocalProtocolError):
+        hop.to(HopState.RELAYING)
+
+
+# -- property tests --------------------------------------------------------------------------
+def _feed_all(data: bytes) -> None:
+    """Run the whole receive path on arbitrary bytes; only WireError may come out."""
+    reader = FrameReader()
+    reader.feed(data[: reader.bytes_needed()])
+    pos = len(data[: reader.bytes_needed()])
+    while True:
+        event = reader.next_event()
+        if isinstance(event, Frame):
+            verify_frame(event, KEY, NOW, WINDOW)
+            return
+        chunk = data[pos : pos + reader.bytes_needed()]
+        if not chunk:
+            reader.eof()
+        reader.feed(chunk)
+        pos += len(chunk)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=600))
+def test_fuzz_random_bytes_only_raise_wire_error(data: bytes) -> None:
+    with contextlib.suppress(WireError):
+        _feed_all(data)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_fuzz_mutated_valid_frames(data: st.DataObject) -> None:
+    hops = [HopSpec("a", "127.0.0.2", 7000, KEY), HopSpec("b", "db.example", 7001, OTHER)]
+    raw = bytearray(build_chain(hops, ("127.0.0.1", 22), now_ms=NOW))
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(raw) - 1))
+        raw[i] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(raw)))
+    try:
+        _feed_all(bytes(raw[:cut]))
+    except WireError as exc:
+        assert exc.code in Status
+    # A frame that still verifies must be the original (the MAC covers every byte before it).
+    else:
+        assert cut == len(raw)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.binary(min_size=32, max_size=40), min_size=1, max_size=MAX_HOPS),
+    st.integers(1, 65535),
+)
+def test_fuzz_built_chains_always_verify(keys: list[bytes], port: int) -> None:
+    hops = [HopSpec(str(i), "127.0.0.2", 7000 + i, k) for i, k in enumerate(keys)]
+    raw = build_chain(hops, ("127.0.0.1", port), now_ms=NOW)
+    for key in keys:
+        layer = _verify(raw, key)
+        assert isinstance(layer, ConnectLayer)
+        raw = layer.inner
+    assert layer.final and layer.port == port
