@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -49,6 +49,7 @@ __all__ = [
 ]
 
 Kind = Literal["city", "asn"]
+_Get = Callable[[str], Any]
 KINDS: tuple[Kind, ...] = ("city", "asn")
 SYSTEM_DIRS: tuple[Path, ...] = (
     Path("/var/lib/GeoIP"),
@@ -63,7 +64,7 @@ INSTALL_HINT = (
     "no GeoIP database found, so hops carry no location: install the geo extra "
     "(pip install 'linkscope[geo]') or pass --geoip DIR"
 )
-_CACHE_LIMIT = 65536
+_CACHE_LIMIT = 4096  # distinct addresses memoised (a trace has tens)
 
 
 def classify(database_type: str) -> Kind | None:
@@ -280,6 +281,10 @@ class GeoLookup:
         self._geoip2: dict[Kind, geoip2.database.Reader | None] = {"city": None, "asn": None}
         self._opened = False
         self._cache: dict[str, GeoInfo] = {}
+        self._city_get: _Get | None = None
+        self._city_get_nonglobal: _Get | None = None
+        self._asn_get: _Get | None = None
+        self._asn_get_nonglobal: _Get | None = None
 
     # -- discovery ----------------------------------------------------------------------------
     @classmethod
@@ -427,7 +432,18 @@ class GeoLookup:
                 self._readers[kind] = maxminddb.open_database(str(src.path))
             except (maxminddb.InvalidDatabaseError, ValueError, OSError) as exc:
                 raise ConfigError("cannot open GeoIP database", str(src.path)) from exc
+        self._set_getters()
         self._opened = True
+
+    def _set_getters(self) -> None:
+        """Bind each reader's get(); non-global addresses only go to user/lab databases."""
+        getters: dict[Kind, tuple[_Get | None, _Get | None]] = {}
+        for kind in KINDS:
+            reader, src = self._readers[kind], self._sources[kind]
+            get = reader.get if reader is not None else None
+            getters[kind] = (get, get if src is not None and not src.embedded else None)
+        self._city_get, self._city_get_nonglobal = getters["city"]
+        self._asn_get, self._asn_get_nonglobal = getters["asn"]
 
     def _unpack_embedded(self, src: GeoSource) -> GeoSource:
         datasets = embedded.embedded_datasets() or {}
@@ -455,6 +471,7 @@ class GeoLookup:
                 g2.close()
             self._readers[kind] = None
             self._geoip2[kind] = None
+        self._set_getters()
         self._opened = False
         self._cache.clear()
 
@@ -480,35 +497,54 @@ class GeoLookup:
         return record if isinstance(record, dict) else None
 
     def lookup(self, address: str) -> GeoInfo:
-        """Everything known about one address (memoised). Bad text raises an InputError."""
+        """Everything known about one address (memoised). Bad text raises an InputError.
+
+        The hot path of every trace and of bench/geo.py: one bisect to label the address,
+        then at most one read per database, with no geoip2 model built (see city_model()).
+        """
         cached = self._cache.get(address)
         if cached is not None:
             return cached
         if not self._opened:
             self.open()
         canonical, scope = normalise_address(address)
-        country = country_name = city = org = None
-        lat = lon = None
-        asn = None
-        rec = self._record("city", canonical, scope)
-        if rec is not None:
-            names = rec.get("city", {}).get("names", {})
-            city = names.get("en")
-            c = rec.get("country") or rec.get("registered_country") or {}
-            country = c.get("iso_code")
-            country_name = c.get("names", {}).get("en")
-            loc = rec.get("location", {})
-            lat = loc.get("latitude")
-            lon = loc.get("longitude")
-        rec = self._record("asn", canonical, scope)
-        if rec is not None:
-            asn = rec.get("autonomous_system_number")
-            org = rec.get("autonomous_system_organization")
+        country = country_name = city = org = lat = lon = asn = None
+        get = self._city_get if scope is None else self._city_get_nonglobal
+        if get is not None:
+            try:
+                rec = get(canonical)
+            except ValueError:  # an IPv6 address in an IPv4-only database
+                rec = None
+            if type(rec) is dict:
+                c = rec.get("city")
+                if c:
+                    city = c.get("names", {}).get("en")
+                c = rec.get("country") or rec.get("registered_country")
+                if c:
+                    country = c.get("iso_code")
+                    country_name = c.get("names", {}).get("en")
+                c = rec.get("location")
+                if c:
+                    lat = c.get("latitude")
+                    lon = c.get("longitude")
+        get = self._asn_get if scope is None else self._asn_get_nonglobal
+        if get is not None:
+            try:
+                rec = get(canonical)
+            except ValueError:
+                rec = None
+            if type(rec) is dict:
+                asn = rec.get("autonomous_system_number")
+                org = rec.get("autonomous_system_organization")
         info = GeoInfo(canonical, scope, country, country_name, city, lat, lon, asn, org)
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache.clear()
         self._cache[address] = info
         return info
+
+    def clear_cache(self) -> None:
+        """Forget memoised lookups (benchmarks; the databases stay open)."""
+        self._cache.clear()
 
     def lookup_many(self, addresses: Iterable[str]) -> list[GeoInfo]:
         return [self.lookup(a) for a in addresses]
