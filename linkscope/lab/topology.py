@@ -270,9 +270,13 @@ class _Locator:
 
     def line(self, *path: str | int) -> int | None:
         for end in range(len(path), 0, -1):
-            found = self.lines.get(tuple(path[:end]))
+            prefix = tuple(path[:end])
+            found = self.lines.get(prefix)
             if found is not None:
                 return found
+            inside = [ln for key, ln in self.lines.items() if key[:end] == prefix]
+            if inside:  # e.g. "nodes" exists only as [nodes.x] headers
+                return min(inside)
         return None
 
 
@@ -550,6 +554,15 @@ class _Parser:
         return out
 
     def check_routing(self, topo: Topology) -> None:
+        first = topo.node_names[0]
+        reach = _hop_distances(topo)[first]
+        for name in topo.node_names:
+            if name not in reach:
+                raise self.error(
+                    f"node {name!r} has no path to {first!r}: the topology is not connected",
+                    "nodes",
+                    name,
+                )
         try:
             hops = compute_next_hops(topo)
         except ConfigError as exc:
