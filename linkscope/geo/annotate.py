@@ -23,10 +23,29 @@ __all__ = [
     "annotate_result",
     "annotate_trace",
     "geometry_phrase",
+    "local_source",
     "measured_rtt_ms",
     "result_geometry",
     "trace_geometry",
 ]
+
+
+def local_source(lookup: GeoLookup, target_address: str) -> tuple[float, float] | None:
+    """Where the databases place the local address the kernel would use to reach the target.
+
+    No packet is sent (a UDP socket is only connected). Usually None at home, where that
+    address is private; in the lab, whose database covers every node, it is home's location.
+    """
+    from linkscope.errors import ProbeError
+    from linkscope.probe.rawsock import source_address
+    from linkscope.probe.resolve import family_of
+
+    try:
+        local = source_address(target_address, family_of(target_address))
+    except ProbeError:
+        return None
+    info = lookup.lookup(local)
+    return (info.lat, info.lon) if info.lat is not None and info.lon is not None else None
 
 
 def annotate_hop(hop: Hop, lookup: GeoLookup) -> Hop:
