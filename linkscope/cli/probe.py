@@ -1,1 +1,308 @@
-"""`linkscope probe` commands (placeholder until its issue lands; registers nothing yet)."""
+"""`linkscope probe` and `linkscope trace`: parse, call the library, store, render."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from linkscope.cli.app import app
+from linkscope.errors import ExitStatus, InputError, LinkscopeError
+
+_err_console: Any = None
+
+
+def _stderr() -> Any:
+    global _err_console
+    if _err_console is None:
+        from rich.console import Console
+
+        _err_console = Console(stderr=True, highlight=False)
+    return _err_console
+
+
+def read_targets(targets: Sequence[str], file: Path | None) -> list[str]:
+    """Targets from the command line, then from ``file`` (one per line, ``#`` comments)."""
+    out = [t for t in targets if t.strip()]
+    if file is not None:
+        try:
+            text = file.read_text() if str(file) != "-" else sys.stdin.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise InputError(f"cannot read targets file {file}: {reason}") from exc
+        for line in text.splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                out.extend(line.split())
+    if not out:
+        raise InputError("no target given (name targets or use --file)")
+    return list(dict.fromkeys(out))
+
+
+def address_family(ipv4: bool, ipv6: bool) -> int | None:
+    if ipv4 and ipv6:
+        raise InputError("-4 and -6 exclude each other")
+    return socket.AF_INET if ipv4 else socket.AF_INET6 if ipv6 else None
+
+
+def _geo_lookup(geoip: Path | None, enabled: bool) -> Any:
+    """A GeoLookup (discovery order in linkscope.geo), or None when disabled."""
+    if not enabled:
+        return None
+    from linkscope.geo import GeoLookup
+
+    return GeoLookup.discover(geoip_dir=geoip)
+
+
+def _run_with_stop(main: Callable[[asyncio.Event], Any]) -> Any:
+    """Run ``main(stop)``; the first Ctrl-C sets ``stop`` (finish with partial results), the
+    second cancels outright."""
+
+    async def runner() -> Any:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+
+        def on_sigint() -> None:
+            if stop.is_set() and task is not None:
+                task.cancel()
+                return
+            stop.set()
+            _stderr().print("interrupted: finishing with partial results (Ctrl-C again to quit)")
+
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+        try:
+            return await main(stop)
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+
+    try:
+        return asyncio.run(runner())
+    except asyncio.CancelledError:
+        raise KeyboardInterrupt from None
+
+
+@app.command()
+def probe(
+    targets: list[str] = typer.Argument(None, help="Hosts or addresses to probe."),
+    file: Path | None = typer.Option(
+        None, "--file", "-f", help="Read more targets from FILE, one per line ('-': stdin)."
+    ),
+    count: int = typer.Option(10, "--count", "-c", help="Echo requests per target."),
+    interval: float = typer.Option(0.2, "--interval", "-i", help="Seconds between probes."),
+    timeout: float = typer.Option(1.0, "--timeout", "-W", help="Seconds to wait per probe."),
+    port: list[int] = typer.Option(
+        [], "--port", "-p", help="Also time TCP handshakes to PORT (repeatable)."
+    ),
+    attempts: int = typer.Option(3, "--attempts", help="TCP handshakes per port."),
+    no_trace: bool = typer.Option(False, "--no-trace", help="Skip the traceroute."),
+    protocol: str = typer.Option("icmp", "--protocol", help="Traceroute probes: icmp, udp, tcp."),
+    probes: int = typer.Option(3, "--probes", "-q", help="Traceroute probes per hop."),
+    max_ttl: int = typer.Option(30, "--max-ttl", "-m", help="Traceroute's highest TTL."),
+    numeric: bool = typer.Option(False, "--numeric", "-n", help="No reverse-DNS names."),
+    ipv4: bool = typer.Option(False, "-4", help="Use IPv4 only."),
+    ipv6: bool = typer.Option(False, "-6", help="Use IPv6 only."),
+    geoip: Path | None = typer.Option(None, "--geoip", help="Directory of GeoIP .mmdb files."),
+    no_geo: bool = typer.Option(False, "--no-geo", help="No location/ASN lookups."),
+    db: Path | None = typer.Option(None, "--db", help="History database (default: XDG data)."),
+    concurrency: int = typer.Option(64, "--concurrency", help="Targets probed at once."),
+    json_out: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
+    method: str = typer.Option("auto", "--method", hidden=True),
+    tcp_method: str = typer.Option("auto", "--tcp-method", hidden=True),
+) -> None:
+    """Ping, TCP-handshake and trace targets concurrently; store and explain the result.
+
+    Exit status: 0 all reachable, 1 a target is unreachable, 2 bad input, 130 interrupted
+    (partial results are printed and stored).
+    """
+    from linkscope.cli.render import probe as render
+    from linkscope.probe.icmp import check_ping_args
+    from linkscope.probe.resolve import resolve_async
+    from linkscope.probe.target import probe_target
+    from linkscope.probe.trace import check_trace_args
+    from linkscope.store import Store
+
+    names = read_targets(targets or [], file)
+    family = address_family(ipv4, ipv6)
+    check_ping_args(count, interval, timeout)
+    if not no_trace:
+        check_trace_args(protocol, probes, max_ttl, 2.0)
+    for p in port:
+        if not 0 < p < 65536:
+            raise InputError(f"--port must be within 1..65535, not {p}")
+    if attempts < 1:
+        raise InputError(f"--attempts must be at least 1, not {attempts}")
+    if concurrency < 1:
+        raise InputError(f"--concurrency must be at least 1, not {concurrency}")
+    geo = _geo_lookup(geoip, not no_geo)
+    store = Store.open(db)
+
+    async def main(stop: asyncio.Event) -> list[Any]:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        # every name must resolve before any packet goes out: bad input is exit 2, up front
+        addresses = await asyncio.gather(*(resolve_async(n, family) for n in names))
+        results: dict[int, Any] = {}
+        sem = asyncio.Semaphore(concurrency)
+        err = _stderr()
+        out = _stdout_console()
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=err,
+            transient=True,
+            disable=not err.is_terminal,
+            redirect_stdout=False,
+            redirect_stderr=False,
+        ) as progress:
+            bar = progress.add_task("probing", total=len(names))
+            # on one terminal, print through the bar's console so lines land above the bar;
+            # when stdout is a pipe or a file, straight to stdout
+            shown = progress.console if err.is_terminal and out.is_terminal else out
+
+            async def one(i: int) -> None:
+                async with sem:
+                    if stop.is_set():
+                        return
+                    result = await probe_target(
+                        names[i],
+                        address=addresses[i],
+                        count=count,
+                        interval=interval,
+                        timeout=timeout,
+                        ports=port,
+                        tcp_attempts=attempts,
+                        with_trace=not no_trace,
+                        protocol=protocol,
+                        probes=probes,
+                        max_ttl=max_ttl,
+                        names=not numeric,
+                        method=method,
+                        tcp_method=tcp_method,
+                        stop=stop,
+                    )
+                if geo is not None:
+                    result = _annotate(result, geo)
+                store.record_probe(result)
+                results[i] = result
+                progress.advance(bar)
+                if not json_out:
+                    shown.print(render.probe_renderable(result))
+
+            async with asyncio.TaskGroup() as tg:
+                for i in range(len(names)):
+                    tg.create_task(one(i), name=f"probe {names[i]}")
+        return [results[i] for i in sorted(results)]
+
+    try:
+        done = _run_with_stop(main)
+    finally:
+        store.close()
+    if json_out:
+        docs = [r.to_dict() for r in done]
+        render.print_json(docs[0] if len(names) == 1 and docs else docs)
+    interrupted = any(r.interrupted for r in done) or len(done) < len(names)
+    if interrupted:
+        _stderr().print("linkscope: interrupted; partial results printed and stored")
+        raise typer.Exit(ExitStatus.INTERRUPTED)
+    down = [r.target for r in done if not r.reachable]
+    if down:
+        _stderr().print(f"linkscope: unreachable: {', '.join(down)}")
+        raise typer.Exit(ExitStatus.FAILED)
+
+
+def _stdout_console() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def _annotate(result: Any, geo: Any) -> Any:
+    from dataclasses import replace
+
+    from linkscope.geo.annotate import annotate_result
+
+    try:
+        return annotate_result(result, geo)
+    except LinkscopeError as exc:
+        return replace(result, notes=(*result.notes, f"geo lookup failed: {exc}"))
+
+
+@app.command("trace")
+def trace_cmd(
+    target: str = typer.Argument(..., help="Host or address to trace."),
+    protocol: str = typer.Option("icmp", "--protocol", "-P", help="Probes: icmp, udp or tcp."),
+    port: int | None = typer.Option(
+        None, "--port", "-p", help="Destination port (udp: 33434, tcp: 80)."
+    ),
+    probes: int = typer.Option(3, "--probes", "-q", help="Probes per hop."),
+    max_ttl: int = typer.Option(30, "--max-ttl", "-m", help="Highest TTL."),
+    timeout: float = typer.Option(2.0, "--timeout", "-W", help="Seconds to wait for replies."),
+    numeric: bool = typer.Option(False, "--numeric", "-n", help="No reverse-DNS names."),
+    ipv4: bool = typer.Option(False, "-4", help="Use IPv4 only."),
+    ipv6: bool = typer.Option(False, "-6", help="Use IPv6 only."),
+    geoip: Path | None = typer.Option(None, "--geoip", help="Directory of GeoIP .mmdb files."),
+    no_geo: bool = typer.Option(False, "--no-geo", help="No location/ASN lookups."),
+    db: Path | None = typer.Option(None, "--db", help="History database (default: XDG data)."),
+    json_out: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
+) -> None:
+    """Paris-style traceroute, all TTLs at once, with per-hop loss and RTT statistics.
+
+    Exit status: 0 target reached, 1 not reached, 2 bad input, 130 interrupted.
+    """
+    from linkscope.cli.render import probe as render
+    from linkscope.probe.trace import check_trace_args, trace
+    from linkscope.store import Store
+
+    family = address_family(ipv4, ipv6)
+    proto = check_trace_args(protocol, probes, max_ttl, timeout)
+    if port is not None and not 0 < port < 65536:
+        raise InputError(f"--port must be within 1..65535, not {port}")
+    geo = _geo_lookup(geoip, not no_geo)
+    store = Store.open(db)
+
+    async def main(stop: asyncio.Event) -> Any:
+        return await trace(
+            target,
+            protocol=proto,
+            probes=probes,
+            max_ttl=max_ttl,
+            port=port,
+            timeout=timeout,
+            family=family,
+            names=not numeric,
+            stop=stop,
+        )
+
+    try:
+        result = _run_with_stop(main)
+        stopped = result.interrupted
+        if geo is not None:
+            from linkscope.geo.annotate import annotate_trace
+
+            with contextlib.suppress(LinkscopeError):
+                result = annotate_trace(result, geo)
+        store.record_trace(result, target)
+    finally:
+        store.close()
+    if json_out:
+        render.print_json(result.to_dict())
+    else:
+        render.print_trace(result, _stdout_console())
+    if stopped:
+        _stderr().print("linkscope: interrupted; partial results printed and stored")
+        raise typer.Exit(ExitStatus.INTERRUPTED)
+    if not result.reached:
+        _stderr().print(f"linkscope: {target} not reached within {max_ttl} hops")
+        raise typer.Exit(ExitStatus.FAILED)
+
+
+__all__ = ["address_family", "probe", "read_targets", "trace_cmd"]

@@ -20,7 +20,9 @@ import time
 from typing import Any
 
 from linkscope.errors import InputError, PermissionDenied
+from linkscope.probe import packets
 from linkscope.probe.models import PING_METHODS, PingMethod, PingStats
+from linkscope.probe.rawsock import SO_TIMESTAMPNS, IcmpHub, RawReader, drop_all_input
 from linkscope.probe.resolve import family_of, resolve_async
 from linkscope.probe.tcp import connect_once
 from linkscope.probe.trace import next_icmp_ident
@@ -130,69 +132,72 @@ async def _ping_icmp(
     timeout: float,
     stop: asyncio.Event | None,
 ) -> tuple[float | None, ...]:
-    from icmplib import AsyncSocket, ICMPRequest
+    """icmplib builds and sends the requests; replies are read with kernel timestamps, from
+    the process-wide raw ICMP hub (raw) or from the datagram socket itself (the kernel routes
+    a datagram socket's replies to it alone)."""
+    from icmplib import ICMPRequest
     from icmplib.exceptions import ICMPLibError
 
-    asock = AsyncSocket(sock)
-    ident = next_icmp_ident()  # the kernel replaces it with the socket's port (datagram)
-    reply_type = 129 if family_of(dst) == socket.AF_INET6 else 0
+    family = family_of(dst)
+    fam = 6 if family == socket.AF_INET6 else 4
+    privileged = bool(sock.is_privileged)
+    sock.blocking = False
+    ident = next_icmp_ident()  # a datagram socket's kernel replaces it with the socket's port
     sent: dict[int, float] = {}
     rtts: dict[int, float] = {}
-    ident_box = [ident]
     all_in = asyncio.Event()
     sending_done = False
 
-    def settled() -> bool:
-        return sending_done and all(s in rtts for s in sent)
+    def on_reply(reply: packets.IcmpReply, rx_ns: int) -> None:
+        seq = reply.seq
+        if not reply.is_echo_reply or reply.source != dst or seq not in sent or seq in rtts:
+            return
+        rtts[seq] = max(rx_ns / 1e9 - sent[seq], 0.0) * 1e3
+        if sending_done and len(rtts) == len(sent):
+            all_in.set()
 
-    async def receive() -> None:
-        while True:
+    def on_datagram(data: bytes, source: str, rx_ns: int) -> None:
+        reply = packets.parse_icmp(fam, data, source)
+        if reply is not None:
+            on_reply(reply, rx_ns)
+
+    with contextlib.ExitStack() as stack:
+        if privileged:
+            drop_all_input(sock.sock)  # icmplib's socket only sends; the hub receives
+            hub = IcmpHub.get(family)
+            stack.callback(hub.release)
+            hub.echo[ident] = on_reply
+            stack.callback(hub.echo.pop, ident, None)
+        else:
+            sock.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            stack.enter_context(RawReader(sock.sock, on_datagram))
+        for seq in range(count):
+            if seq and await _sleep_or_stop(interval, stop):
+                break
+            if stop is not None and stop.is_set():
+                break
+            request = ICMPRequest(dst, ident, seq, payload_size=PAYLOAD_SIZE)
             try:
-                reply = await asock.receive(None, timeout=3600)
+                sock.send(request)
             except ICMPLibError:
+                sent[seq] = time.time()  # counted as sent and lost (e.g. no route)
                 continue
-            seq = reply.sequence
-            if reply.type != reply_type or reply.id != ident_box[0] or seq not in sent:
-                continue
-            if seq not in rtts:
-                rtts[seq] = max(reply.time - sent[seq], 0.0) * 1e3
-            if settled():
-                all_in.set()
-
-    async with asyncio.TaskGroup() as tg:
-        receiver = tg.create_task(receive(), name=f"ping-receive-{dst}")
-        try:
-            for seq in range(count):
-                if seq and await _sleep_or_stop(interval, stop):
-                    break
-                if stop is not None and stop.is_set():
-                    break
-                request = ICMPRequest(dst, ident, seq, payload_size=PAYLOAD_SIZE)
+            sent[seq] = request.time
+        sending_done = True
+        stopped = stop is not None and stop.is_set()
+        if sent and not stopped and len(rtts) < len(sent):
+            remaining = max(sent.values()) + timeout - time.time()
+            if remaining > 0:
+                waiters = [asyncio.ensure_future(all_in.wait())]
+                if stop is not None:
+                    waiters.append(asyncio.ensure_future(stop.wait()))
                 try:
-                    asock.send(request)
-                except ICMPLibError:
-                    sent[seq] = time.time()  # counted as sent and lost (e.g. no route)
-                    continue
-                ident_box[0] = request.id
-                sent[seq] = request.time
-            sending_done = True
-            if settled():
-                all_in.set()
-            stopped = stop is not None and stop.is_set()
-            if sent and not stopped:
-                deadline = max(sent.values()) + timeout
-                remaining = deadline - time.time()
-                if remaining > 0:
-                    waiters = [asyncio.ensure_future(all_in.wait())]
-                    if stop is not None and not stop.is_set():
-                        waiters.append(asyncio.ensure_future(stop.wait()))
                     await asyncio.wait(
                         waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
                     )
+                finally:
                     for w in waiters:
                         w.cancel()
-        finally:
-            receiver.cancel()
     return _samples(sent, rtts, timeout, time.time(), stop is not None and stop.is_set())
 
 

@@ -290,6 +290,7 @@ class Trace:
     port: int | None = None
     probes: int = 3
     duration_s: float | None = None
+    interrupted: bool = False
 
     @property
     def last_hop(self) -> Hop | None:
@@ -305,6 +306,7 @@ class Trace:
             "probes": self.probes,
             "reached": self.reached,
             "duration_s": _r(self.duration_s, 4),
+            "interrupted": self.interrupted,
             "hops": [h.to_dict() for h in self.hops],
         }
 
@@ -319,6 +321,7 @@ class Trace:
             port=d.get("port"),
             probes=d.get("probes", 3),
             duration_s=d.get("duration_s"),
+            interrupted=bool(d.get("interrupted")),
         )
 
 

@@ -18,6 +18,7 @@ from linkscope.probe.trace import check_trace_args, trace
 async def probe_target(
     host: str,
     *,
+    address: str | None = None,
     count: int = 10,
     interval: float = 0.2,
     timeout: float = 1.0,
@@ -36,6 +37,7 @@ async def probe_target(
 ) -> ProbeResult:
     """Ping, TCP-handshake each port and trace ``host`` at once; one ProbeResult.
 
+    ``address`` skips resolving ``host`` again when the caller already did.
     Bad input raises InputError/ResolveError before any packet is sent. Missing privileges for
     the traceroute leave ``trace`` None with a note, as does a missing route. The ping falls back
     (see ``ping``); its TCP fallback uses the first of ``ports``, else 80. ``stop`` (Ctrl-C)
@@ -48,7 +50,8 @@ async def probe_target(
         if not 0 < port < 65536:
             raise InputError(f"port must be within 1..65535, not {port}")
     started_at = time.time()
-    address = await resolve_async(host, family)
+    if address is None:
+        address = await resolve_async(host, family)
     notes: list[str] = []
 
     async def traced() -> Trace | None:

@@ -17,7 +17,7 @@ import time
 from linkscope.errors import InputError, PermissionDenied
 from linkscope.probe import packets
 from linkscope.probe.models import TcpAttempt, TcpMethod, TcpRtt
-from linkscope.probe.rawsock import RawReader, is_root, open_raw, send_at, source_address
+from linkscope.probe.rawsock import TcpHub, is_root, send_at, source_address
 from linkscope.probe.resolve import family_of, resolve_async
 
 _REFUSED = {errno.ECONNREFUSED}
@@ -54,24 +54,24 @@ class _SynProber:
         self.port = port
         self.family = family_of(dst)
         self.src = source_address(dst, self.family)
-        self.raw = open_raw(self.family, socket.IPPROTO_TCP)
-        self.reserved = socket.socket(self.family, socket.SOCK_STREAM)
-        self.reserved.bind((self.src, 0))
+        self.hub = TcpHub.get(self.family)
+        try:
+            self.reserved = socket.socket(self.family, socket.SOCK_STREAM)
+            self.reserved.bind((self.src, 0))
+        except OSError:
+            self.hub.release()
+            raise
         self.sport = int(self.reserved.getsockname()[1])
         self.waiting: dict[int, asyncio.Future[tuple[int, int]]] = {}
+        self.hub.by_port[self.sport] = self.on_segment
 
     def close(self) -> None:
-        self.raw.close()
+        self.hub.by_port.pop(self.sport, None)
+        self.hub.release()
         self.reserved.close()
 
-    def on_packet(self, data: bytes, source: str, rx_ns: int) -> None:
-        if self.family == socket.AF_INET:
-            split = packets.split_ipv4(data)
-            if split is None or split[1] != packets.PROTO_TCP:
-                return
-            source, data = split[0], split[2]
-        seg = packets.parse_tcp(data, source)
-        if seg is None or source != self.dst or seg.sport != self.port or seg.dport != self.sport:
+    def on_segment(self, seg: packets.TcpSegment, rx_ns: int) -> None:
+        if seg.source != self.dst or seg.sport != self.port:
             return
         fut = self.waiting.get((seg.ack - 1) & 0xFFFFFFFF)
         if fut is not None and not fut.done():
@@ -84,7 +84,7 @@ class _SynProber:
         try:
             syn = packets.tcp_syn(self.src, self.dst, self.sport, self.port, seq)
             try:
-                sent_ns = send_at(self.raw, syn, self.dst)
+                sent_ns = send_at(self.hub.sock, syn, self.dst)
             except OSError as exc:
                 return TcpAttempt("error", error=exc.strerror or str(exc))
             try:
@@ -142,13 +142,12 @@ async def tcp_rtt(
             chosen = "connect"
     if chosen == "syn":
         try:
-            with RawReader(prober.raw, prober.on_packet):
-                for i in range(attempts):
-                    if stop is not None and stop.is_set():
-                        break
-                    if i and interval:
-                        await asyncio.sleep(interval)
-                    results.append(await prober.attempt(timeout))
+            for i in range(attempts):
+                if stop is not None and stop.is_set():
+                    break
+                if i and interval:
+                    await asyncio.sleep(interval)
+                results.append(await prober.attempt(timeout))
         finally:
             prober.close()
     else:

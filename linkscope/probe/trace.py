@@ -32,11 +32,20 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from linkscope.errors import InputError, Unreachable
 from linkscope.probe import packets
 from linkscope.probe.models import TRACE_PROTOCOLS, Hop, Trace, TraceProtocol, most_common
-from linkscope.probe.rawsock import RawReader, open_raw, send_at, set_ttl, source_address
+from linkscope.probe.rawsock import (
+    IcmpHub,
+    TcpHub,
+    drop_all_input,
+    open_raw,
+    send_at,
+    set_ttl,
+    source_address,
+)
 from linkscope.probe.resolve import family_of, resolve_async
 
 NAME_GRACE = 0.25  # seconds to wait for reverse-DNS names after the last reply
@@ -139,15 +148,8 @@ class _Matcher:
             return q.seq & 0xFFFF if ours else None
         return None
 
-    def icmp(self, data: bytes, source: str, rx_ns: int) -> None:
-        if self.fam == 4:
-            split = packets.split_ipv4(data)
-            if split is None or split[1] != packets.PROTO_ICMP:
-                return
-            source, data = split[0], split[2]
-        reply = packets.parse_icmp(self.fam, data, source)
-        if reply is None:
-            return
+    def icmp(self, reply: packets.IcmpReply, rx_ns: int) -> None:
+        source = reply.source
         if reply.is_echo_reply:
             if self.protocol != "icmp" or reply.ident != self.ident or source != self.dst:
                 return
@@ -161,24 +163,28 @@ class _Matcher:
             self.state.record(k, source, rx_ns, is_target=at_target, stop=stop)
         self.on_change()
 
-    def tcp(self, data: bytes, source: str, rx_ns: int) -> None:
-        if self.fam == 4:
-            split = packets.split_ipv4(data)
-            if split is None or split[1] != packets.PROTO_TCP:
-                return
-            source, data = split[0], split[2]
-        seg = packets.parse_tcp(data, source)
-        if seg is None or source != self.dst:
-            return
-        if seg.sport != self.dport or seg.dport != self.sport:
+    def tcp(self, seg: packets.TcpSegment, rx_ns: int) -> None:
+        if seg.source != self.dst or seg.sport != self.dport or seg.dport != self.sport:
             return
         if not seg.flags & (packets.TCP_RST | packets.TCP_ACK):
             return
         seq = (seg.ack - 1) & 0xFFFFFFFF
         if seq >> 16 != self.nonce:
             return
-        self.state.record(seq & 0xFFFF, source, rx_ns, is_target=True, stop=False)
+        self.state.record(seq & 0xFFFF, seg.source, rx_ns, is_target=True, stop=False)
         self.on_change()
+
+
+def _register(stack: contextlib.ExitStack, table: dict[Any, Any], key: Any, handler: Any) -> None:
+    """Put ``handler`` in a hub's dispatch table for the life of ``stack``."""
+    table[key] = handler
+    stack.callback(table.pop, key, None)
+
+
+def _send_with_ttl(sock: socket.socket, family: int, ttl: int, data: bytes, dst: str) -> int:
+    """Set the TTL and send at once: a shared socket is safe because nothing awaits between."""
+    set_ttl(sock, family, ttl)
+    return send_at(sock, data, dst)
 
 
 def _reserve_port(family: int, kind: int, src: str) -> socket.socket:
@@ -267,31 +273,28 @@ async def trace(
     src = source_address(dst, fam)
 
     state = _State(probes=probes, max_ttl=max_ttl)
-    icmp_proto = socket.IPPROTO_ICMPV6 if fam == socket.AF_INET6 else socket.IPPROTO_ICMP
-    send_proto = {
-        "icmp": icmp_proto,
-        "udp": socket.IPPROTO_UDP,
-        "tcp": socket.IPPROTO_TCP,
-    }[proto]
     fam4 = 4 if fam == socket.AF_INET else 6
     ident = next_icmp_ident()
     nonce = random.randrange(1, 0xFFFF)
-    reserved: socket.socket | None = None
-    sport = 0
-    icmp_sock = open_raw(fam, icmp_proto)
-    send_sock = icmp_sock if proto == "icmp" else None
-    tcp_sock: socket.socket | None = None
     lookups = _Names() if names else None
     changed = asyncio.Event()
-    try:
-        if proto != "icmp":
+    icmp_hub = IcmpHub.get(fam)
+    with contextlib.ExitStack() as stack:
+        stack.callback(icmp_hub.release)
+        sport = 0
+        if proto == "icmp":
+            send_sock = icmp_hub.sock
+        else:
             kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
-            reserved = _reserve_port(fam, kind, src)
+            reserved = stack.enter_context(_reserve_port(fam, kind, src))
             sport = reserved.getsockname()[1]
-            send_sock = open_raw(fam, send_proto)
-            if proto == "tcp":
-                tcp_sock = send_sock
-        assert send_sock is not None
+        if proto == "udp":
+            send_sock = stack.enter_context(open_raw(fam, socket.IPPROTO_UDP))
+            drop_all_input(send_sock)
+        tcp_hub = TcpHub.get(fam) if proto == "tcp" else None
+        if tcp_hub is not None:
+            stack.callback(tcp_hub.release)
+            send_sock = tcp_hub.sock
         matcher = _Matcher(fam, proto, dst, ident, sport, dport, nonce, state)
 
         def on_change() -> None:
@@ -301,6 +304,13 @@ async def trace(
                     lookups.lookup(ans.source)
 
         matcher.on_change = on_change
+        key = ident if proto == "icmp" else sport
+        qproto = {"icmp": packets.PROTO_ICMP, "udp": packets.PROTO_UDP, "tcp": packets.PROTO_TCP}
+        _register(stack, icmp_hub.errors, (qproto[proto], key), matcher.icmp)
+        if proto == "icmp":
+            _register(stack, icmp_hub.echo, ident, matcher.icmp)
+        if tcp_hub is not None:
+            _register(stack, tcp_hub.by_port, sport, matcher.tcp)
 
         def build(k: int) -> bytes:
             if proto == "icmp":
@@ -309,35 +319,20 @@ async def trace(
                 return packets.udp_probe(src, dst, sport, dport, k + 1)
             return packets.tcp_syn(src, dst, sport, dport, (nonce << 16) | k)
 
-        with RawReader(icmp_sock, matcher.icmp):
-            tcp_reader = RawReader(tcp_sock, matcher.tcp) if tcp_sock is not None else None
-            if tcp_reader is not None:
-                tcp_reader.__enter__()
-            try:
-                k = 0
-                for ttl in range(1, max_ttl + 1):
-                    set_ttl(send_sock, fam, ttl)
-                    for _ in range(probes):
-                        data = build(k)
-                        try:
-                            state.sent_ns[k] = send_at(send_sock, data, dst)
-                        except BlockingIOError:
-                            await asyncio.sleep(0.001)  # send buffer full: let it drain once
-                            state.sent_ns[k] = send_at(send_sock, data, dst)
-                        except OSError as exc:
-                            raise Unreachable(f"cannot send to {dst}: {exc.strerror}") from exc
-                        k += 1
-                burst_end_ns = time.time_ns()
-                await _wait(state, changed, burst_end_ns, timeout, stop)
-            finally:
-                if tcp_reader is not None:
-                    tcp_reader.__exit__()
-    finally:
-        icmp_sock.close()
-        if send_sock is not None and send_sock is not icmp_sock:
-            send_sock.close()
-        if reserved is not None:
-            reserved.close()
+        k = 0
+        for ttl in range(1, max_ttl + 1):
+            for _ in range(probes):
+                data = build(k)
+                try:
+                    state.sent_ns[k] = _send_with_ttl(send_sock, fam, ttl, data, dst)
+                except BlockingIOError:
+                    await asyncio.sleep(0.001)  # send buffer full: let it drain once
+                    state.sent_ns[k] = _send_with_ttl(send_sock, fam, ttl, data, dst)
+                except OSError as exc:
+                    raise Unreachable(f"cannot send to {dst}: {exc.strerror}") from exc
+                k += 1
+        burst_end_ns = time.time_ns()
+        await _wait(state, changed, burst_end_ns, timeout, stop)
 
     if lookups is not None:
         await lookups.settle(NAME_GRACE)
@@ -351,6 +346,7 @@ async def trace(
         port=None if proto == "icmp" else dport,
         probes=probes,
         duration_s=time.monotonic() - started,
+        interrupted=stop is not None and stop.is_set(),
     )
 
 

@@ -1,0 +1,179 @@
+"""Rendering for `linkscope probe` and `linkscope trace`: rich tables on stdout, JSON for --json."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from linkscope.probe.models import Hop, PingStats, ProbeResult, TcpRtt, Trace
+
+VERDICT_STYLE = {
+    "good": "bold green",
+    "fair": "bold yellow",
+    "poor": "bold dark_orange",
+    "bad": "bold red",
+    "unreachable": "bold red",
+}
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if value < 10 else f"{value:.1f}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
+def ping_table(p: PingStats) -> Table:
+    title = f"ping ({p.method}{f', port {p.port}' if p.port else ''})"
+    t = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    for col in ("sent", "recv", "loss", "min", "avg", "max", "mdev", "p50", "p95", "jitter"):
+        t.add_column(col, justify="right")
+    t.add_row(
+        str(p.sent),
+        str(p.received),
+        _pct(p.loss),
+        *(
+            _ms(v)
+            for v in (
+                p.rtt_min_ms,
+                p.rtt_avg_ms,
+                p.rtt_max_ms,
+                p.rtt_mdev_ms,
+                p.rtt_p50_ms,
+                p.rtt_p95_ms,
+                p.jitter_ms,
+            )
+        ),
+    )
+    return t
+
+
+def tcp_table(tcp: tuple[TcpRtt, ...]) -> Table:
+    t = Table(title="tcp handshake (ms)", title_justify="left", show_edge=False, pad_edge=False)
+    for col in ("port", "method", "ok", "refused", "timeout", "min", "p50", "max", "attempts"):
+        t.add_column(col, justify="right" if col != "attempts" else "left")
+    for r in tcp:
+        attempts = " ".join(
+            f"{a.status}" + (f" {_ms(a.rtt_ms)}" if a.rtt_ms is not None else "")
+            for a in r.attempts
+        )
+        t.add_row(
+            str(r.port),
+            r.method,
+            str(r.ok),
+            str(r.refused),
+            str(r.timeouts),
+            _ms(r.rtt_min_ms),
+            _ms(r.rtt_p50_ms),
+            _ms(r.rtt_max_ms),
+            attempts,
+        )
+    return t
+
+
+def _geo(h: Hop) -> str:
+    parts = [p for p in (h.city, h.country) if p]
+    if h.asn is not None:
+        parts.append(f"AS{h.asn}" + (f" {h.org}" if h.org else ""))
+    return ", ".join(parts)
+
+
+def trace_table(tr: Trace) -> Table:
+    port = f" port {tr.port}" if tr.port else ""
+    reached = "reached" if tr.reached else "NOT reached"
+    title = f"trace ({tr.protocol}{port}, {tr.probes}/hop, {reached})"
+    t = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    for col in ("ttl", "host", "loss", "snt", "rcv", "min", "p50", "max", "jitter"):
+        t.add_column(col, justify="left" if col == "host" else "right")
+    with_geo = any(_geo(h) for h in tr.hops)
+    if with_geo:
+        t.add_column("where")
+    for h in tr.hops:
+        host = "*" if h.address is None else h.address
+        if h.name and h.name != h.address:
+            host = f"{h.name} ({h.address})"
+        if h.others:
+            host += " +" + ",".join(h.others)
+        row = [
+            str(h.ttl),
+            host,
+            _pct(h.loss),
+            str(h.sent),
+            str(h.received),
+            _ms(h.rtt_min_ms),
+            _ms(h.rtt_p50_ms),
+            _ms(h.rtt_max_ms),
+            _ms(h.jitter_ms),
+        ]
+        if with_geo:
+            row.append(_geo(h))
+        t.add_row(*row)
+    return t
+
+
+def verdict_line(result: ProbeResult) -> Text:
+    v = result.verdict
+    level = v.split(":", 1)[0]
+    return Text(v, style=VERDICT_STYLE.get(level, "bold"))
+
+
+def probe_renderable(result: ProbeResult) -> Group:
+    """Everything about one target, for printing above the progress bar as it completes."""
+    head = Text(f"{result.target}", style="bold")
+    if result.address != result.target:
+        head.append(f" ({result.address})", style="")
+    if result.interrupted:
+        head.append("  [interrupted: partial results]", style="yellow")
+    parts: list[Any] = [head, ping_table(result.ping)]
+    notes = [n for n in (result.ping.note, *result.notes) if n]
+    if result.tcp:
+        parts.append(tcp_table(result.tcp))
+    if result.trace is not None:
+        parts.append(trace_table(result.trace))
+    if result.floor_rtt_ms is not None:
+        parts.append(
+            Text(
+                f"speed-of-light floor {result.floor_rtt_ms:.1f} ms"
+                + (f", inflation {result.inflation:.1f}×" if result.inflation else "")
+                + (f", detour {result.detour_ratio:.2f}×" if result.detour_ratio else "")
+            )
+        )
+    parts += [Text(f"note: {n}", style="yellow") for n in notes]
+    parts.append(verdict_line(result))
+    parts.append(Text(""))
+    return Group(*parts)
+
+
+def print_json(doc: Any) -> None:
+    """One JSON document on stdout, nothing else there."""
+    sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    sys.stdout.flush()
+
+
+def print_trace(tr: Trace, console: Console) -> None:
+    head = Text(tr.target, style="bold")
+    if tr.address != tr.target:
+        head.append(f" ({tr.address})", style="")
+    if tr.duration_s is not None:
+        head.append(f"  {tr.duration_s * 1e3:.1f} ms", style="dim")
+    console.print(head)
+    console.print(trace_table(tr))
+
+
+__all__ = [
+    "ping_table",
+    "print_json",
+    "print_trace",
+    "probe_renderable",
+    "tcp_table",
+    "trace_table",
+    "verdict_line",
+]
