@@ -236,10 +236,13 @@ def chain_rtt_ms(segments: Sequence[EdgeData]) -> float:
 
 def chain_loss(segments: Sequence[EdgeData]) -> float:
     """Predicted loss of a chain: 1 - prod(1 - p) over its segments (independent losses)."""
-    delivered = 1.0
-    for d in segments:
-        delivered *= 1.0 - float(d["loss"])
-    return min(1.0, max(0.0, 1.0 - delivered))
+    losses = [float(d["loss"]) for d in segments]
+    if any(p >= 1.0 for p in losses):
+        return 1.0
+    if len(losses) == 1:
+        return losses[0]
+    # 1 - exp(sum log(1 - p)), accurate for small p (a single segment gives back its own p).
+    return min(1.0, max(0.0, -math.expm1(math.fsum(math.log1p(-p) for p in losses))))
 
 
 def chain_jitter_ms(segments: Sequence[EdgeData]) -> float:

@@ -185,6 +185,12 @@ class _Located(dict[str, Any]):
     end: int = 0
 
 
+class _LocatedList(list[Any]):
+    """A JSON array that remembers where each of its elements starts."""
+
+    starts: list[int]
+
+
 def _locating_decoder() -> json.JSONDecoder:
     """A JSONDecoder whose objects are ``_Located`` (pure-Python scanner, so it can be hooked)."""
     decoder = json.JSONDecoder()
@@ -196,7 +202,22 @@ def _locating_decoder() -> json.JSONDecoder:
         located.start, located.end = s_and_end[1] - 1, end
         return located, end
 
+    parse_list: Any = json.decoder.JSONArray  # type: ignore[attr-defined]
+
+    def parse_array(s_and_end: tuple[str, int], scan_once: Any) -> tuple[_LocatedList, int]:
+        starts: list[int] = []
+
+        def scan_item(s: str, idx: int) -> Any:
+            starts.append(idx)  # JSONArray calls this once per element, at its first character
+            return scan_once(s, idx)
+
+        values, end = parse_list(s_and_end, scan_item)
+        located = _LocatedList(values)
+        located.starts = starts
+        return located, end
+
     decoder.parse_object = parse_object  # type: ignore[attr-defined]
+    decoder.parse_array = parse_array  # type: ignore[attr-defined]
     decoder.scan_once = json.scanner.py_make_scanner(decoder)  # type: ignore[attr-defined]
     return decoder
 
@@ -221,8 +242,15 @@ class _Doc:
                 return self.line_at(at)
         return self.line_at(obj.start)
 
-    def error(self, reason: str, obj: object = None, key: str | None = None) -> ConfigError:
-        return ConfigError(reason, self.where, self.line_of(obj, key))
+    def line_of_item(self, items: object, index: int) -> int | None:
+        if self.text is None or not isinstance(items, _LocatedList):
+            return None
+        return self.line_at(items.starts[index])
+
+    def error(
+        self, reason: str, obj: object = None, key: str | None = None, *, line: int | None = None
+    ) -> ConfigError:
+        return ConfigError(reason, self.where, line or self.line_of(obj, key))
 
 
 def _parse_time(value: object, doc: _Doc, obj: object, key: str) -> float | None:
@@ -313,7 +341,10 @@ def graph_from_measurements(
     for i, edge in enumerate(edges):
         label = f"edge {i + 1}"
         if not isinstance(edge, Mapping):
-            raise ctx.error(f"{label} must be an object {{from, to, rtt_ms, loss}}", edge)
+            raise ctx.error(
+                f"{label} must be an object {{from, to, rtt_ms, loss}}",
+                line=ctx.line_of_item(edges, i),
+            )
         for key in edge:
             if key not in EDGE_KEYS:
                 raise ctx.error(

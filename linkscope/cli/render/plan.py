@@ -1,0 +1,104 @@
+"""Rendering for `linkscope plan`: the ranked chains and the direct path, with the model used."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from linkscope.costs import get_model
+from linkscope.plan import ChainEstimate, Plan
+
+
+def format_cost(value: float | None, unit: str) -> str:
+    """A cost in its model's unit: ms, Mbit/s, or a loss percentage."""
+    if value is None:
+        return "unusable"
+    if unit == "loss":
+        return f"{value * 100:.2f} %"
+    if unit == "Mbit/s":
+        return f"{value:.3g} Mbit/s"
+    return f"{value:.1f} ms"
+
+
+def format_gain(value: float | None, unit: str) -> str:
+    """A gain over direct, signed (positive: the chain is better)."""
+    if value is None:
+        return "-"
+    if unit == "loss":
+        return f"{value * 100:+.2f} pts"
+    if unit == "Mbit/s":
+        return f"{value:+.3g} Mbit/s"
+    return f"{value:+.1f} ms"
+
+
+def _loss(value: float) -> str:
+    return f"{value * 100:.1f} %"
+
+
+def _rtt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def chain_label(plan: Plan, est: ChainEstimate) -> str:
+    return " → ".join((plan.source, *est.hops, plan.target))
+
+
+def render_plan(plan: Plan, console: Console | None = None) -> None:
+    """The table of ranked chains (direct path last), then one line saying what wins."""
+    con = console or Console()
+    model = get_model(plan.model)
+    hops = "relay" if plan.max_hops == 1 else "relays"
+    con.print(
+        f"[bold]plan {plan.source} → {plan.target}[/]  model [bold]{plan.model}[/] "
+        f"({model.description}; cost in {model.unit})  max {plan.max_hops} {hops}"
+    )
+    table = Table(show_edge=False)
+    table.add_column("#", justify="right")
+    table.add_column("chain")
+    table.add_column("RTT ms", justify="right")
+    table.add_column("loss", justify="right")
+    table.add_column(f"cost ({model.unit})", justify="right")
+    table.add_column("gain vs direct", justify="right")
+    for rank, est in enumerate(plan.chains, 1):
+        stale = " (stale)" if est.stale else ""
+        table.add_row(
+            str(rank),
+            chain_label(plan, est) + stale,
+            _rtt(est.rtt_ms),
+            _loss(est.loss),
+            format_cost(est.cost, plan.unit),
+            format_gain(est.gain, plan.unit),
+        )
+    if plan.direct is not None:
+        d = plan.direct
+        table.add_row(
+            "-",
+            f"{plan.source} → {plan.target} (direct)" + (" (stale)" if d.stale else ""),
+            _rtt(d.rtt_ms),
+            _loss(d.loss),
+            format_cost(d.cost, plan.unit),
+            "",
+            style="dim",
+        )
+    con.print(table)
+    con.print(summary(plan))
+
+
+def summary(plan: Plan) -> str:
+    """One sentence: which path wins, by how much, or why no gain can be given."""
+    best = plan.best
+    if best is None:
+        if plan.direct is None:
+            return "No chain and no direct path: nothing measured reaches the target."
+        return "No relay chain reaches the target with the measurements given: direct only."
+    label = chain_label(plan, best)
+    if plan.direct is None:
+        return f"Best: {label}. The direct path was not measured, so no gain can be given."
+    if plan.direct.cost is None:
+        return f"Best: {label}. The direct path delivers nothing (100 % loss)."
+    if best.gain is not None and best.gain > 0:
+        return f"Best: {label}, {format_gain(best.gain, plan.unit)} better than direct."
+    return f"Direct is best: the best chain, {label}, is {format_gain(best.gain, plan.unit)}."
+
+
+__all__ = ["chain_label", "format_cost", "format_gain", "render_plan", "summary"]
