@@ -44,7 +44,7 @@ def _ping_group_note() -> str:
             low, high = f.read().split()
     except (OSError, ValueError):
         return "ICMP datagram sockets are not available"
-    return f"not root, and net.ipv4.ping_group_range ({low} {high}) excludes group {os.getgid()}"
+    return f"net.ipv4.ping_group_range ({low} {high}) excludes group {os.getgid()}"
 
 
 def open_ping_socket(dst: str, method: str) -> tuple[PingMethod, Any | None, str | None]:
@@ -69,7 +69,10 @@ def open_ping_socket(dst: str, method: str) -> tuple[PingMethod, Any | None, str
                 ) from exc
     note = None
     if method == "auto":
-        note = f"ICMP unavailable ({_ping_group_note()}); RTT measured by TCP connect instead"
+        note = (
+            "ICMP unavailable (no raw-socket privilege; "
+            f"{_ping_group_note()}); RTT measured by TCP connect to port {{port}} instead"
+        )
     return "tcp-connect", None, note
 
 
@@ -105,6 +108,7 @@ async def ping(
     chosen, sock, note = open_ping_socket(dst, method)
     if sock is None:
         rtts = await _ping_tcp(dst, port, count, interval, timeout, stop)
+        note = note.replace("{port}", str(port)) if note else None
         return PingStats(host, dst, "tcp-connect", rtts, note=note, port=port)
     try:
         rtts = await _ping_icmp(sock, dst, count, interval, timeout, stop)
