@@ -288,19 +288,24 @@ class Emulator:
 
     def on_timer(self) -> None:
         self.timer.clear()
-        self.timer.armed_at = None
         heap = self.heap
         now = time.monotonic()
         horizon = now + EARLY_S
+        due = []
         while heap and heap[0][0] <= horizon:
-            _, _, d = heapq.heappop(heap)
-            d.scheduled = False
+            due.append(heapq.heappop(heap)[2])
+        for d in due:
             q = d.queue
             while q and q[0][0] <= horizon:
                 self.emit(d, q.popleft()[1])
             if q:
-                self.schedule(d, q[0][0])
-        if heap and self.timer.armed_at is None:
+                self._seq += 1
+                heapq.heappush(heap, (q[0][0], self._seq, d))
+            else:
+                d.scheduled = False
+        # always re-arm for the earliest entry: one not yet due may precede the re-pushed ones
+        self.timer.armed_at = None
+        if heap:
             self.timer.arm(heap[0][0])
 
     # -- control -----------------------------------------------------------------------------

@@ -9,6 +9,8 @@ from linkscope.lab.topology import Topology
 
 CITY_DB = "lab-city.mmdb"
 ASN_DB = "lab-asn.mmdb"
+# geoip2.database.Reader.asn() insists on "GeoLite2-ASN" in the type; DB-IP uses the same tag
+ASN_DATABASE_TYPE = "linkscope-lab-ASN (compat=GeoLite2-ASN)"
 
 _COUNTRY_NAMES = {
     "AR": "Argentina",
@@ -46,7 +48,7 @@ def write_geoip(topo: Topology, addressing: Addressing, directory: Path) -> tupl
     )
     asn = MMDBWriter(
         ip_version=4,
-        database_type="linkscope-lab-ASN",
+        database_type=ASN_DATABASE_TYPE,
         languages=["en"],
         description="linkscope lab: node autonomous systems",
     )
