@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from linkscope.errors import ConfigError
 from linkscope.geo import embedded
@@ -64,6 +64,7 @@ INSTALL_HINT = (
     "no GeoIP database found, so hops carry no location: install the geo extra "
     "(pip install 'linkscope[geo]') or pass --geoip DIR"
 )
+_NO_NAMES: Mapping[str, str] = {}
 _CACHE_LIMIT = 4096  # distinct addresses memoised (a trace has tens)
 
 
@@ -128,13 +129,15 @@ class GeoSource:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class GeoInfo:
+class GeoInfo(NamedTuple):
     """What the databases say about one address; every field None when unknown.
 
     ``scope`` labels a non-global address (``"private"``, ``"cgnat"``, ``"benchmarking"``,
     ...); such addresses are not looked up in the embedded data, but a user or lab database
     that covers them is consulted. ``country`` is the ISO 3166-1 alpha-2 code.
+
+    An immutable value; a NamedTuple rather than a frozen dataclass because it is built once
+    per lookup on the hot path, where a frozen dataclass's __init__ costs ~0.6 µs more.
     """
 
     address: str
@@ -518,11 +521,11 @@ class GeoLookup:
             if type(rec) is dict:
                 c = rec.get("city")
                 if c:
-                    city = c.get("names", {}).get("en")
+                    city = (c.get("names") or _NO_NAMES).get("en")
                 c = rec.get("country") or rec.get("registered_country")
                 if c:
                     country = c.get("iso_code")
-                    country_name = c.get("names", {}).get("en")
+                    country_name = (c.get("names") or _NO_NAMES).get("en")
                 c = rec.get("location")
                 if c:
                     lat = c.get("latitude")

@@ -160,6 +160,10 @@ def test_cli_probe_br_json_reports_geo_and_geometry(brazil_lab: Lab) -> None:
         "20",
         "--interval",
         "0.05",
+        "--probes",
+        "8",
+        "--max-ttl",
+        "8",
         "--json",
     ]
     doc = _run_until_complete(brazil_lab, argv, want)
