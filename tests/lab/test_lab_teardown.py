@@ -1,0 +1,203 @@
+"""Bring-up and teardown leave nothing behind, also after a failure or a crash."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from linkscope.errors import LabError
+from linkscope.lab import Lab, parse_topology
+from linkscope.lab.lab import RUN_ROOT, find_labs
+from linkscope.lab.netns import list_netns, pids_in_netns
+
+pytestmark = [pytest.mark.lab, pytest.mark.root]
+
+REPO = Path(__file__).resolve().parents[2]
+TWO = parse_topology('[nodes.a]\n[nodes.b]\n[[links]]\na = "a"\nb = "b"\ndelay_ms = 1\n')
+CLEAN = parse_topology('[nodes.a]\n[nodes.b]\n[[links]]\na = "a"\nb = "b"\n')
+
+
+def traces(prefix: str) -> list[str]:
+    """Everything lab ``prefix`` could have left on the machine."""
+    out = [f"netns {n}" for n in list_netns() if n.startswith(prefix + "-")]
+    if Path("/etc/netns").exists():
+        out += [
+            f"/etc/netns/{p.name}"
+            for p in Path("/etc/netns").iterdir()
+            if p.name.startswith(prefix + "-")
+        ]
+    if (RUN_ROOT / prefix).exists():
+        out.append(str(RUN_ROOT / prefix))
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if f"/{prefix}/" in cmd or f"{prefix}-" in cmd:
+                out.append(f"process {entry}: {cmd[:80]}")
+    return out
+
+
+def prefix() -> str:
+    return "lst" + secrets.token_hex(3)
+
+
+def test_down_removes_everything_including_untracked_processes() -> None:
+    p = prefix()
+    lab = Lab(TWO, p).up()
+    tracked = lab.popen("a", ["sleep", "600"])
+    # a daemon the lab does not know about, still inside a lab namespace
+    lab.exec("b", ["sh", "-c", "setsid sleep 600 >/dev/null 2>&1 < /dev/null &"], check=True)
+    ns_inode = os.stat(f"/run/netns/{lab.netns('b')}").st_ino
+    time.sleep(0.2)
+    daemons = pids_in_netns({ns_inode})
+    assert daemons
+    assert lab.emulator_pid is not None
+    assert traces(p)
+    lab.down()
+    assert tracked.poll() is not None
+    assert traces(p) == []
+    for pid in daemons:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
+    lab.down()  # idempotent
+
+
+def test_veth_only_lab_needs_no_emulator() -> None:
+    p = prefix()
+    with Lab(CLEAN, p) as lab:
+        assert lab.emulator_pid is None
+        res = lab.exec("a", ["ping", "-c", "2", "-i", "0.05", "b"], check=True)
+        assert "2 received" in res.stdout
+        stats = {(s.src, s.dst): s for s in lab.link_stats()}
+        assert stats[("a", "b")].packets >= 2 and not stats[("a", "b")].emulated
+        with pytest.raises(LabError, match="plain veth"):
+            lab.set_link("a", "b", loss=0.5)
+    assert traces(p) == []
+
+
+def test_failure_inside_with_cleans_up(tmp_path: Path) -> None:
+    p = prefix()
+    script = textwrap.dedent(f"""
+        from linkscope.lab import Lab, parse_topology
+        topo = parse_topology({TWO_TEXT!r})
+        with Lab(topo, {p!r}) as lab:
+            lab.popen("a", ["sleep", "600"])
+            raise RuntimeError("test failed midway")
+    """)
+    res = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+    assert res.returncode == 1 and "test failed midway" in res.stderr
+    assert traces(p) == []
+
+
+def test_sigterm_cleans_up() -> None:
+    p = prefix()
+    script = textwrap.dedent(f"""
+        import time
+        from linkscope.lab import Lab, parse_topology
+        lab = Lab(parse_topology({TWO_TEXT!r}), {p!r}).up()
+        lab.popen("a", ["sleep", "600"])
+        print("up", flush=True)
+        time.sleep(600)
+    """)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=REPO
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "up"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    assert traces(p) == []
+
+
+def test_crash_leftovers_are_found_and_removed() -> None:
+    """SIGKILL leaves namespaces behind; the emulator dies with its owner; `lab down --all`
+    (and any later bring-up) removes the rest, but never a lab whose owner is alive."""
+    p = prefix()
+    script = textwrap.dedent(f"""
+        import time
+        from linkscope.lab import Lab, parse_topology
+        lab = Lab(parse_topology({TWO_TEXT!r}), {p!r}).up()
+        lab.popen("a", ["sleep", "600"])
+        print("up", flush=True)
+        time.sleep(600)
+    """)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=REPO
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "up"
+    with Lab(CLEAN, prefix()) as alive_lab:
+        proc.kill()
+        proc.wait()
+        assert p in find_labs()
+        res = subprocess.run(
+            [sys.executable, "-m", "linkscope", "lab", "down", "--all", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+        )
+        assert res.returncode == 0, res.stderr
+        assert p in res.stdout
+        assert traces(p) == []
+        # the live lab owned by this process was kept
+        assert alive_lab.prefix not in res.stdout.split('"kept"')[0]
+        assert alive_lab.exec("a", ["ping", "-c", "1", "b"]).returncode == 0
+
+
+def test_prefix_collision_and_invalid_prefix() -> None:
+    p = prefix()
+    with Lab(CLEAN, p), pytest.raises(LabError, match="already in use"):
+        Lab(CLEAN, p).up()
+    from linkscope.errors import InputError
+
+    with pytest.raises(InputError, match="bad lab prefix"):
+        Lab(CLEAN, "Bad-Prefix")
+
+
+def test_safety_check_refuses_default_route_and_foreign_links(lab_factory) -> None:  # type: ignore[no-untyped-def]
+    lab: Lab = lab_factory(CLEAN)
+    lab.verify()
+    peer = lab.addressing.interface("a", "b").peer_address
+    subprocess.run(["ip", "-n", lab.netns("a"), "route", "add", "default", "via", peer], check=True)
+    with pytest.raises(LabError, match="default route"):
+        lab.verify()
+    subprocess.run(["ip", "-n", lab.netns("a"), "route", "del", "default"], check=True)
+    lab.verify()
+    outside = "linkscope-test-outside-" + secrets.token_hex(3)
+    subprocess.run(["ip", "netns", "add", outside], check=True)
+    try:
+        subprocess.run(
+            [
+                "ip",
+                "-n",
+                lab.netns("b"),
+                "link",
+                "add",
+                "leak",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "leak",
+                "netns",
+                outside,
+            ],
+            check=True,
+        )
+        with pytest.raises(LabError, match="peer outside the lab"):
+            lab.verify()
+    finally:
+        subprocess.run(["ip", "netns", "del", outside], check=True)
+
+
+TWO_TEXT = '[nodes.a]\n[nodes.b]\n[[links]]\na = "a"\nb = "b"\ndelay_ms = 1\n'
