@@ -113,7 +113,11 @@ async def open_chain(
         sock.close()
         if depth >= len(hops):
             raise RemoteProtocolError(f"refusal from hop {depth} of a {len(hops)}-hop chain")
-        raise ChainRefused(hops[depth].name, depth, code)
+        onward = Status.CONNECT_FAILED, Status.CONNECT_TIMEOUT, Status.NEXT_HOP_PROTOCOL
+        detail = ""
+        if code in onward:
+            detail = f"to {hops[depth + 1].name}" if depth + 1 < len(hops) else "to the target"
+        raise ChainRefused(hops[depth].name, depth, code, detail)
     if depth != len(hops) - 1:
         sock.close()
         raise RemoteProtocolError(f"chain-up from depth {depth}, expected {len(hops) - 1}")

@@ -170,11 +170,13 @@ class Cluster:
         )
         proc = Proc(popen, host, port, argv)
         self.procs.append(proc)
-        try:
-            wait_listening(host, port)
-        except TimeoutError:
-            proc.stop()
-            raise AssertionError((self.tmp / f"{log}.log").read_text()) from None
+        # Wait for the "listening on" line: a test connection would itself open a chain.
+        deadline = time.monotonic() + 20
+        while b"listening on" not in (self.tmp / f"{log}.log").read_bytes():
+            if popen.poll() is not None or time.monotonic() > deadline:
+                proc.stop()
+                raise AssertionError((self.tmp / f"{log}.log").read_text())
+            time.sleep(0.02)
         return proc
 
     def agent(self, name: str, host: str, *extra: str, port: int | None = None) -> Proc:
