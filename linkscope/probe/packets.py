@@ -123,20 +123,24 @@ class IcmpReply:
     ident: int = 0
     seq: int = 0
     quoted: Quoted | None = None
+    family: int = 4  # 4 or 6: ICMP and ICMPv6 reuse type numbers for different messages
 
     @property
     def is_echo_reply(self) -> bool:
-        return self.type in (ICMP4_ECHO_REPLY, ICMP6_ECHO_REPLY)
+        return self.type == (ICMP4_ECHO_REPLY if self.family == 4 else ICMP6_ECHO_REPLY)
 
     @property
     def is_time_exceeded(self) -> bool:
-        return self.type in (ICMP4_TIME_EXCEEDED, ICMP6_TIME_EXCEEDED) and self.quoted is not None
+        kind = ICMP4_TIME_EXCEEDED if self.family == 4 else ICMP6_TIME_EXCEEDED
+        return self.type == kind and self.quoted is not None
 
-    def is_unreachable(self, family: int) -> bool:
-        return self.type == (ICMP4_UNREACH if family == 4 else ICMP6_UNREACH)
+    @property
+    def is_unreachable(self) -> bool:
+        return self.type == (ICMP4_UNREACH if self.family == 4 else ICMP6_UNREACH)
 
-    def is_port_unreachable(self, family: int) -> bool:
-        return self.is_unreachable(family) and self.code == (3 if family == 4 else 4)
+    @property
+    def is_port_unreachable(self) -> bool:
+        return self.is_unreachable and self.code == (3 if self.family == 4 else 4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,13 +202,13 @@ def parse_icmp(family: int, data: bytes, source: str) -> IcmpReply | None:
         return None
     kind, code, _csum, ident, seq = struct.unpack("!BBHHH", data[:8])
     if kind in (ICMP4_ECHO_REPLY, ICMP6_ECHO_REPLY) and (kind == ICMP4_ECHO_REPLY) == (family == 4):
-        return IcmpReply(source=source, type=kind, code=code, ident=ident, seq=seq)
+        return IcmpReply(source, kind, code, ident=ident, seq=seq, family=family)
     errors = (ICMP4_UNREACH, ICMP4_TIME_EXCEEDED) if family == 4 else (ICMP6_UNREACH, 3)
     if kind in errors:
         quoted = _quoted(family, data[8:])
         if quoted is None:
             return None
-        return IcmpReply(source=source, type=kind, code=code, quoted=quoted)
+        return IcmpReply(source, kind, code, quoted=quoted, family=family)
     return None
 
 

@@ -159,7 +159,7 @@ class _Matcher:
             if k is None:
                 return
             at_target = source == self.dst
-            stop = reply.is_unreachable(self.fam) and not at_target
+            stop = reply.is_unreachable and not at_target
             self.state.record(k, source, rx_ns, is_target=at_target, stop=stop)
         self.on_change()
 
