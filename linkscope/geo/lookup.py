@@ -21,6 +21,7 @@ skipped with a warning.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -64,6 +65,7 @@ INSTALL_HINT = (
     "no GeoIP database found, so hops carry no location: install the geo extra "
     "(pip install 'linkscope[geo]') or pass --geoip DIR"
 )
+_COMPAT = re.compile(r"\(\s*compat\s*=[^)]*\)", re.IGNORECASE)
 _NO_NAMES: Mapping[str, str] = {}
 _CACHE_LIMIT = 4096  # distinct addresses memoised (a trace has tens)
 
@@ -84,7 +86,13 @@ def classify(database_type: str) -> Kind | None:
 
 
 def _attribution_for(database_type: str, description: Mapping[str, str]) -> str | None:
-    text = (database_type + " " + " ".join(description.values())).lower()
+    """The attribution a database's licence asks for, from its type and description.
+
+    A ``(compat=GeoLite2-ASN)`` suffix only says the records are shaped like MaxMind's (so
+    geoip2 accepts the file); it is not MaxMind data.
+    """
+    own_type = _COMPAT.sub("", database_type).lower()
+    text = own_type + " " + " ".join(description.values()).lower()
     if "dbip" in text or "db-ip" in text:
         return DBIP_ATTRIBUTION
     if "geolite2" in text:

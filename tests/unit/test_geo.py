@@ -35,6 +35,7 @@ from linkscope.geo import (
     embedded,
     normalise_address,
 )
+from linkscope.geo.lookup import MAXMIND_ATTRIBUTION
 
 
 # -- fixture databases ------------------------------------------------------------------------
@@ -261,6 +262,35 @@ def test_bad_address_is_a_one_line_input_error(text: str) -> None:
 )
 def test_classify_by_database_type(database_type: str, kind: str | None) -> None:
     assert classify(database_type) == kind
+
+
+@pytest.mark.parametrize(
+    ("database_type", "description", "attribution"),
+    [
+        ("DBIP-City-Lite", "DB-IP.com - IP to City", DBIP_ATTRIBUTION),
+        ("DBIP-ASN-Lite (compat=GeoLite2-ASN)", "DB-IP.com - IP to ASN", DBIP_ATTRIBUTION),
+        ("GeoLite2-City", "GeoLite2City database", MAXMIND_ATTRIBUTION),
+        ("linkscope-lab-ASN (compat=GeoLite2-ASN)", "linkscope lab", None),  # shape, not data
+        ("asn ipvAll", "", None),
+    ],
+)
+def test_attribution_follows_the_data_not_its_shape(
+    tmp_path: Path, database_type: str, description: str, attribution: str | None
+) -> None:
+    write_mmdb(
+        tmp_path / "x.mmdb",
+        database_type,
+        {"81.2.69.0/24": asn(1, "x")},
+        NEW,
+        description=description,
+    )
+    geo = GeoLookup.discover(
+        geoip_dir=tmp_path,
+        environ={"XDG_CONFIG_HOME": str(tmp_path)},
+        system_dirs=(),
+        use_embedded=False,
+    )
+    assert geo.attribution == attribution
 
 
 # -- discovery --------------------------------------------------------------------------------

@@ -17,6 +17,14 @@ from netaddr import IPSet
 
 from linkscope.geo import DBIP_ATTRIBUTION
 
+_CACHE: dict[str, str] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Embedded data unpacks (once) into a temporary cache, not the user's."""
+    _CACHE["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -24,7 +32,7 @@ def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "COLUMNS": "200", **(env or {})},
+        env={**os.environ, "COLUMNS": "200", **_CACHE, **(env or {})},
         check=False,
     )
 
