@@ -129,7 +129,7 @@ class Lab:
         *,
         run_root: Path | None = None,
         detached: bool = False,
-        emulator_loop: str = "uvloop",
+        emulator_loop: str = "asyncio",
     ) -> None:
         if isinstance(topology, Topology):
             self.topology = topology

@@ -200,11 +200,7 @@ def test_geoip_databases_cover_every_address(brazil_lab: Lab) -> None:
 
 def test_python_runs_inside_a_node(brazil_lab: Lab) -> None:
     lab = brazil_lab
-    code = (
-        "import socket, linkscope.lab; "
-        "s = socket.create_connection(('br', 9), timeout=2) if False else None; "
-        "print(socket.gethostbyname('br'))"
-    )
+    code = "import socket, linkscope.lab; print(socket.gethostbyname('br'))"
     proc = lab.popen("sh", [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0 and out.strip() == lab.address("br")
