@@ -97,7 +97,9 @@ def probe(
     ),
     count: int = typer.Option(10, "--count", "-c", help="Echo requests per target."),
     interval: float = typer.Option(0.2, "--interval", "-i", help="Seconds between probes."),
-    timeout: float = typer.Option(1.0, "--timeout", "-W", help="Seconds to wait per probe."),
+    timeout: float = typer.Option(
+        1.0, "--timeout", "-W", help="Seconds to wait for each reply (ping, TCP and trace)."
+    ),
     port: list[int] = typer.Option(
         [], "--port", "-p", help="Also time TCP handshakes to PORT (repeatable)."
     ),
@@ -116,6 +118,7 @@ def probe(
     json_out: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
     method: str = typer.Option("auto", "--method", hidden=True),
     tcp_method: str = typer.Option("auto", "--tcp-method", hidden=True),
+    trace_method: str = typer.Option("auto", "--trace-method", hidden=True),
 ) -> None:
     """Ping, TCP-handshake and trace targets concurrently; store and explain the result.
 
@@ -133,7 +136,7 @@ def probe(
     family = address_family(ipv4, ipv6)
     check_ping_args(count, interval, timeout)
     if not no_trace:
-        check_trace_args(protocol, probes, max_ttl, 2.0)
+        check_trace_args(protocol, probes, max_ttl, timeout)
     for p in port:
         if not 0 < p < 65536:
             raise InputError(f"--port must be within 1..65535, not {p}")
@@ -184,9 +187,11 @@ def probe(
                         protocol=protocol,
                         probes=probes,
                         max_ttl=max_ttl,
+                        trace_timeout=timeout,
                         names=not numeric,
                         method=method,
                         tcp_method=tcp_method,
+                        trace_method=trace_method,
                         stop=stop,
                     )
                 if geo is not None:
@@ -253,6 +258,7 @@ def trace_cmd(
     no_geo: bool = typer.Option(False, "--no-geo", help="No location/ASN lookups."),
     db: Path | None = typer.Option(None, "--db", help="History database (default: XDG data)."),
     json_out: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
+    method: str = typer.Option("auto", "--method", hidden=True),
 ) -> None:
     """Paris-style traceroute, all TTLs at once, with per-hop loss and RTT statistics.
 
@@ -279,6 +285,7 @@ def trace_cmd(
             timeout=timeout,
             family=family,
             names=not numeric,
+            method=method,
             stop=stop,
         )
 

@@ -291,6 +291,7 @@ class Trace:
     probes: int = 3
     duration_s: float | None = None
     interrupted: bool = False
+    note: str | None = None  # e.g. why it ran unprivileged
 
     @property
     def last_hop(self) -> Hop | None:
@@ -307,6 +308,7 @@ class Trace:
             "reached": self.reached,
             "duration_s": _r(self.duration_s, 4),
             "interrupted": self.interrupted,
+            "note": self.note,
             "hops": [h.to_dict() for h in self.hops],
         }
 
@@ -322,6 +324,7 @@ class Trace:
             probes=d.get("probes", 3),
             duration_s=d.get("duration_s"),
             interrupted=bool(d.get("interrupted")),
+            note=d.get("note"),
         )
 
 

@@ -33,6 +33,7 @@ async def probe_target(
     names: bool = False,
     method: str = "auto",
     tcp_method: str = "auto",
+    trace_method: str = "auto",
     stop: asyncio.Event | None = None,
 ) -> ProbeResult:
     """Ping, TCP-handshake each port and trace ``host`` at once; one ProbeResult.
@@ -64,6 +65,7 @@ async def probe_target(
                 port=ports[0] if ports and protocol == "tcp" else None,
                 timeout=trace_timeout,
                 names=names,
+                method=trace_method,
                 stop=stop,
             )
         except PermissionDenied as exc:

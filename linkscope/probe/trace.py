@@ -255,12 +255,15 @@ async def trace(
     timeout: float = 2.0,
     family: int | None = None,
     names: bool = False,
+    method: str = "auto",
     stop: asyncio.Event | None = None,
 ) -> Trace:
-    """Trace the path to ``host`` with ``probes`` probes per TTL, all TTLs at once (needs root).
+    """Trace the path to ``host`` with ``probes`` probes per TTL, all TTLs at once.
 
-    Raises ResolveError for a bad host, PermissionDenied without raw sockets, Unreachable when
-    there is no route at all. A target that never answers gives ``reached=False``, not an error.
+    ``method``: ``raw`` (root: crafted ICMP/UDP/TCP probes), ``datagram`` (unprivileged UDP
+    sockets with IP_RECVERR; always UDP) or ``auto`` (raw when allowed, else datagram with a
+    ``note`` saying so). Raises ResolveError for a bad host, Unreachable when there is no
+    route at all. A target that never answers gives ``reached=False``, not an error.
     ``stop`` ends the trace early with what has been gathered (Ctrl-C).
     """
     proto = check_trace_args(protocol, probes, max_ttl, timeout)
@@ -273,11 +276,76 @@ async def trace(
     src = source_address(dst, fam)
 
     state = _State(probes=probes, max_ttl=max_ttl)
+    lookups = _Names() if names else None
+    changed = asyncio.Event()
+
+    def on_change() -> None:
+        changed.set()
+        if lookups is not None:
+            for ans in state.answers.values():
+                lookups.lookup(ans.source)
+
+    note = None
+    if method not in ("auto", "raw", "datagram"):
+        raise InputError(f"unknown trace method {method!r} (use auto, raw or datagram)")
+    if method == "auto" and not raw_allowed(fam):
+        method = "datagram"
+        note = (
+            f"unprivileged: {proto} probes need raw sockets (root or CAP_NET_RAW); "
+            "traced with UDP datagram sockets and IP_RECVERR instead"
+        )
+    if method == "datagram":
+        from linkscope.probe.trace_dgram import burst_datagram
+
+        proto = "udp"
+        dport = port if port is not None else DEFAULT_PORTS["udp"]
+        await burst_datagram(state, on_change, dst, fam, src, dport, changed, timeout, stop)
+    else:
+        await _burst_raw(state, on_change, changed, proto, dst, fam, src, dport, timeout, stop)
+
+    if lookups is not None:
+        await lookups.settle(NAME_GRACE)
+    hops = _hops(state, lookups.names if lookups else {})
+    return Trace(
+        target=host,
+        address=dst,
+        protocol=proto,
+        hops=hops,
+        reached=state.reached_ttl is not None and state.reached_ttl <= state.horizon,
+        port=None if proto == "icmp" else dport,
+        probes=probes,
+        duration_s=time.monotonic() - started,
+        interrupted=stop is not None and stop.is_set(),
+        note=note,
+    )
+
+
+def raw_allowed(family: int) -> bool:
+    """Can this process open raw sockets (root or CAP_NET_RAW)?"""
+    proto = socket.IPPROTO_ICMPV6 if family == socket.AF_INET6 else socket.IPPROTO_ICMP
+    try:
+        socket.socket(family, socket.SOCK_RAW, proto).close()
+    except PermissionError:
+        return False
+    return True
+
+
+async def _burst_raw(
+    state: _State,
+    on_change: Callable[[], None],
+    changed: asyncio.Event,
+    proto: TraceProtocol,
+    dst: str,
+    fam: int,
+    src: str,
+    dport: int,
+    timeout: float,
+    stop: asyncio.Event | None,
+) -> None:
+    """Send every probe on raw sockets, then wait for the replies (the hubs match them)."""
     fam4 = 4 if fam == socket.AF_INET else 6
     ident = next_icmp_ident()
     nonce = random.randrange(1, 0xFFFF)
-    lookups = _Names() if names else None
-    changed = asyncio.Event()
     icmp_hub = IcmpHub.get(fam)
     with contextlib.ExitStack() as stack:
         stack.callback(icmp_hub.release)
@@ -297,12 +365,6 @@ async def trace(
             send_sock = tcp_hub.sock
         matcher = _Matcher(fam, proto, dst, ident, sport, dport, nonce, state)
 
-        def on_change() -> None:
-            changed.set()
-            if lookups is not None:
-                for ans in state.answers.values():
-                    lookups.lookup(ans.source)
-
         matcher.on_change = on_change
         key = ident if proto == "icmp" else sport
         qproto = {"icmp": packets.PROTO_ICMP, "udp": packets.PROTO_UDP, "tcp": packets.PROTO_TCP}
@@ -320,8 +382,8 @@ async def trace(
             return packets.tcp_syn(src, dst, sport, dport, (nonce << 16) | k)
 
         k = 0
-        for ttl in range(1, max_ttl + 1):
-            for _ in range(probes):
+        for ttl in range(1, state.max_ttl + 1):
+            for _ in range(state.probes):
                 data = build(k)
                 try:
                     state.sent_ns[k] = _send_with_ttl(send_sock, fam, ttl, data, dst)
@@ -333,21 +395,6 @@ async def trace(
                 k += 1
         burst_end_ns = time.time_ns()
         await _wait(state, changed, burst_end_ns, timeout, stop)
-
-    if lookups is not None:
-        await lookups.settle(NAME_GRACE)
-    hops = _hops(state, lookups.names if lookups else {})
-    return Trace(
-        target=host,
-        address=dst,
-        protocol=proto,
-        hops=hops,
-        reached=state.reached_ttl is not None and state.reached_ttl <= state.horizon,
-        port=None if proto == "icmp" else dport,
-        probes=probes,
-        duration_s=time.monotonic() - started,
-        interrupted=stop is not None and stop.is_set(),
-    )
 
 
 async def _wait(

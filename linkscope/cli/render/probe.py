@@ -133,7 +133,8 @@ def probe_renderable(result: ProbeResult) -> Group:
     if result.interrupted:
         head.append("  [interrupted: partial results]", style="yellow")
     parts: list[Any] = [head, ping_table(result.ping)]
-    notes = [n for n in (result.ping.note, *result.notes) if n]
+    trace_note = result.trace.note if result.trace is not None else None
+    notes = [n for n in (result.ping.note, trace_note, *result.notes) if n]
     if result.tcp:
         parts.append(tcp_table(result.tcp))
     if result.trace is not None:
@@ -166,6 +167,8 @@ def print_trace(tr: Trace, console: Console) -> None:
         head.append(f"  {tr.duration_s * 1e3:.1f} ms", style="dim")
     console.print(head)
     console.print(trace_table(tr))
+    if tr.note:
+        console.print(Text(f"note: {tr.note}", style="yellow"))
 
 
 __all__ = [
