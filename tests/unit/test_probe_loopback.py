@@ -143,3 +143,11 @@ async def test_forced_method_errors() -> None:
         pytest.skip("ping_group_range allows datagram sockets here")
     with pytest.raises(PermissionDenied):  # ping_group_range "1 0" (the default) excludes root
         await ping("127.0.0.1", method="icmp-datagram")
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+async def test_trace_datagram_method(host: str) -> None:
+    """The unprivileged method (forced here, as root): UDP sockets and the error queue."""
+    t = await trace(host, method="datagram", probes=3, timeout=1.0)
+    assert t.reached and t.protocol == "udp" and t.port == 33434
+    assert [(h.ttl, h.address, h.received) for h in t.hops] == [(1, host, 3)]
