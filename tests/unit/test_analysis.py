@@ -1,0 +1,472 @@
+"""linkscope.analysis: loaders (columns, dtypes, one row per record) over a history database
+written through the real Store API, and every plot (renders a non-empty PNG with data, a clear
+NoData error on an empty frame).
+
+The rows are the Brazil scenario as the lab measures it (home -> bj -> us -> br, ~350 ms and
+~39 % loss; relays sh and mx), written as the probe, trace and plan code would write them, plus
+one real probe of 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import itertools
+import json
+import math
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+pd = pytest.importorskip("pandas")
+pytest.importorskip("matplotlib")
+
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from linkscope import analysis  # noqa: E402
+from linkscope.analysis import NoData  # noqa: E402
+from linkscope.errors import InputError  # noqa: E402
+from linkscope.probe.models import Hop, PingStats, ProbeResult, Trace  # noqa: E402
+from linkscope.store import Store  # noqa: E402
+
+T0 = 1_795_600_000.0  # 2026-11-24T... UTC: a fixed day, so times are reproducible
+HOUR = 3600.0
+
+# (name, address, city, country, asn, lat, lon) of home -> br's hops in the lab
+BR_PATH = [
+    ("bj", "198.19.0.1", "Beijing", "CN", 4837, 39.9042, 116.4074),
+    ("us", "198.19.0.3", "Los Angeles", "US", 174, 34.0522, -118.2437),
+    ("br", "198.18.0.4", "São Paulo", "BR", 28573, -23.5505, -46.6333),
+]
+ONE_WAY_MS = [3.0, 83.0, 175.0]  # cumulative one-way delay to each hop
+HOP_LOSS = [0.01, 0.28, 0.39]  # round-trip loss seen at each hop
+
+
+def br_probe(rng: random.Random, started_at: float, count: int, busy: float) -> ProbeResult:
+    """A probe of br from home: ping samples and a 3-hop trace with geo columns."""
+    rtts = tuple(
+        None
+        if rng.random() < HOP_LOSS[-1] * busy
+        else round(2 * ONE_WAY_MS[-1] + rng.gauss(4, 2), 3)
+        for _ in range(count)
+    )
+    hops: list[Hop] = []
+    for i, (name, address, city, country, asn, lat, lon) in enumerate(BR_PATH):
+        if i == 2:  # a router that never answers, between Los Angeles and São Paulo
+            hops.append(Hop(ttl=len(hops) + 1, address=None, sent=5))
+        got = [2 * ONE_WAY_MS[i] + rng.gauss(2, 1) for _ in range(5) if rng.random() > HOP_LOSS[i]]
+        hop_rtts = tuple(round(max(0.1, r), 3) for r in got) or (2 * ONE_WAY_MS[i],)
+        hops.append(
+            Hop(ttl=len(hops) + 1, address=address, sent=5, rtts=hop_rtts, name=name,
+                country=country, city=city, asn=asn, org=f"AS{asn}", lat=lat, lon=lon)
+        )  # fmt: skip
+    trace = Trace(target="br", address="198.18.0.4", protocol="icmp", hops=tuple(hops),
+                  reached=True, probes=5, duration_s=1.2)  # fmt: skip
+    ping = PingStats(target="br", address="198.18.0.4", method="icmp-raw", rtts=rtts)
+    return ProbeResult(target="br", address="198.18.0.4", ping=ping, trace=trace,
+                       started_at=started_at, floor_rtt_ms=176.1)  # fmt: skip
+
+
+def sh_probe(rng: random.Random, started_at: float, count: int) -> ProbeResult:
+    rtts = tuple(round(20.0 + rng.gauss(0.5, 0.2), 3) for _ in range(count))
+    ping = PingStats(target="sh", address="198.18.0.5", method="icmp-raw", rtts=rtts)
+    return ProbeResult(target="sh", address="198.18.0.5", ping=ping, started_at=started_at)
+
+
+PLAN: dict[str, Any] = {
+    "model": "interactive",
+    "target": "br",
+    "direct": {"rtt_ms": 352.0, "loss": 0.39, "cost": 399.2},
+    "chains": [
+        {"hops": ["sh", "mx"], "rtt_ms": 301.0, "loss": 0.035, "cost": 157.3, "gain": 241.9},
+        {"hops": ["sh"], "rtt_ms": 321.0, "loss": 0.09, "cost": 190.1, "gain": 209.1},
+        {"hops": ["mx"], "rtt_ms": 330.0, "loss": 0.2, "cost": 260.0, "gain": 139.2},
+    ],
+}
+MEASUREMENTS: dict[str, Any] = {
+    "source": "home",
+    "edges": [
+        {"from": "home", "to": "br", "rtt_ms": 352.0, "loss": 0.39, "jitter_ms": 1.5},
+        {"from": "home", "to": "sh", "rtt_ms": 20.4, "loss": 0.0, "jitter_ms": 0.3},
+        {"from": "sh", "to": "br", "rtt_ms": 301.0, "loss": 0.09},
+        {"from": "sh", "to": "mx", "rtt_ms": 171.0, "loss": 0.02},
+        {"from": "mx", "to": "br", "rtt_ms": 111.0, "loss": 0.015},
+    ],
+}
+BR_RUNS, SH_RUNS, COUNT = 6, 4, 20
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A history database with probes, traces, plans and decisions, and what was written."""
+    from linkscope.probe.target import probe_target
+
+    path = tmp_path_factory.mktemp("history") / "history.db"
+    rng = random.Random(8)
+    written: dict[str, Any] = {"path": path, "probes": [], "plans": []}
+    with Store.open(path) as store:
+        for i in range(BR_RUNS):
+            r = br_probe(rng, T0 + i * HOUR, COUNT, busy=1.0 + 0.5 * (i % 3 == 2))
+            store.record_probe(r)
+            written["probes"].append(r)
+        for i in range(SH_RUNS):
+            r = sh_probe(rng, T0 + i * HOUR + 60, COUNT)
+            store.record_probe(r)
+            written["probes"].append(r)
+        # a real probe on loopback (its own time), and a standalone trace
+        real = asyncio.run(probe_target("127.0.0.1", count=4, interval=0.01, timeout=0.5,
+                                        with_trace=False))  # fmt: skip
+        store.record_probe(real)
+        written["probes"].append(real)
+        written["trace_id"] = store.record_trace(written["probes"][0].trace, "br-standalone")
+        written["plans"].append(store.record_plan(PLAN, created_at=T0 + 2 * HOUR))
+        written["plans"].append(store.record_plan({**PLAN, "chains": PLAN["chains"][:1]},
+                                                  created_at=T0 + 3 * HOUR))  # fmt: skip
+        store.record_decision(["sh", "mx"], "switch", predicted=PLAN["chains"][0],
+                              observed={"chain_up_p50_ms": 320.5, "segments_rtt_ms": None},
+                              at=T0 + 2 * HOUR + 5)  # fmt: skip
+        store.record_decision("sh", "failover", predicted=PLAN["chains"][1], at=T0 + 4 * HOUR)
+    yield written
+
+
+def is_png(data: bytes) -> tuple[int, int]:
+    """Size of a decodable PNG that is not one flat colour."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    assert img.width > 100 and img.height > 100
+    low, high = cast(tuple[int, int], img.convert("L").getextrema())
+    assert low < high, "blank image"
+    return img.size
+
+
+def assert_renders(fig: Figure) -> None:
+    assert isinstance(fig, Figure)
+    is_png(analysis.to_png(fig, dpi=50))
+
+
+def dtypes(df: Any) -> dict[str, str]:
+    return {c: str(t) for c, t in df.dtypes.items()}
+
+
+# -- loaders -----------------------------------------------------------------------------------
+def test_load_pings_one_row_per_echo_request(history: dict[str, Any]) -> None:
+    df = analysis.load_pings(history["path"])
+    assert list(df.columns) == list(analysis.PINGS_COLUMNS)
+    assert dtypes(df) == {
+        c: t if t != "string" else "string" for c, t in analysis.PINGS_COLUMNS.items()
+    }
+    probes = history["probes"]
+    assert len(df) == sum(p.ping.sent for p in probes)
+    for p, (_, rows) in zip(probes, df.groupby("run_id", sort=True), strict=True):
+        assert list(rows["seq"]) == list(range(p.ping.sent))
+        assert int(rows["lost"].sum()) == p.ping.sent - p.ping.received
+        assert rows["rtt_ms"].isna().tolist() == [r is None for r in p.ping.rtts]
+        assert rows["rtt_ms"].median() == pytest.approx(p.ping.rtt_p50_ms, abs=1e-3)
+        assert (rows["target"] == p.target).all()
+    first = df[df["target"] == "br"].iloc[0]
+    assert first["started_at"] == pd.Timestamp(T0, unit="s", tz="UTC")
+
+
+def test_load_pings_filters_by_target_and_since(history: dict[str, Any]) -> None:
+    sh = analysis.load_pings(history["path"], target="sh")
+    assert set(sh["target"]) == {"sh"} and len(sh) == SH_RUNS * COUNT
+    by_address = analysis.load_pings(history["path"], target="198.18.0.5")
+    assert len(by_address) == len(sh)
+    late = analysis.load_pings(history["path"], target="br", since=T0 + 3.5 * HOUR)
+    assert late["run_id"].nunique() == BR_RUNS - 4
+    none = analysis.load_pings(history["path"], target="nowhere")
+    assert none.empty and dtypes(none) == dtypes(sh)  # same schema when empty
+
+
+def test_load_probes_one_row_per_run(history: dict[str, Any]) -> None:
+    df = analysis.load_probes(history["path"])
+    assert list(df.columns) == list(analysis.PROBES_COLUMNS)
+    assert dtypes(df) == dict(analysis.PROBES_COLUMNS)
+    assert len(df) == len(history["probes"])
+    assert df["started_at"].is_monotonic_increasing
+    by_run = df.sort_values("run_id")  # run ids follow the order of writing
+    for p, (_, row) in zip(history["probes"], by_run.iterrows(), strict=True):
+        assert (row["target"], row["address"]) == (p.target, p.address)
+        assert row["sent"] == p.ping.sent and row["received"] == p.ping.received
+        assert row["loss"] == pytest.approx(p.ping.loss)
+        assert row["rtt_p50_ms"] == pytest.approx(p.ping.rtt_p50_ms, abs=1e-3)
+        assert row["verdict"] == p.verdict and row["method"] == p.ping.method
+
+
+def test_load_traces_one_row_per_hop_per_run(history: dict[str, Any]) -> None:
+    df = analysis.load_traces(history["path"])
+    assert list(df.columns) == list(analysis.TRACES_COLUMNS)
+    assert dtypes(df) == dict(analysis.TRACES_COLUMNS)
+    hops_each = len(history["probes"][0].trace.hops)
+    assert len(df) == (BR_RUNS + 1) * hops_each  # six probe traces and one standalone
+    assert df["trace_id"].nunique() == BR_RUNS + 1
+    standalone = df[df["trace_id"] == history["trace_id"]]
+    assert standalone["run_id"].isna().all() and (standalone["target"] == "br-standalone").all()
+    in_probe = df[df["run_id"].notna()]
+    assert in_probe["run_id"].nunique() == BR_RUNS
+    first = df[df["trace_id"] == df["trace_id"].min()].sort_values("ttl")
+    assert list(first["ttl"]) == [1, 2, 3, 4]
+    silent = first[first["address"].isna()]
+    assert len(silent) == 1 and silent.iloc[0]["received"] == 0
+    assert silent["city"].isna().all() and silent["lat"].isna().all()
+    assert list(first["city"].dropna()) == ["Beijing", "Los Angeles", "São Paulo"]
+    assert list(first["asn"].dropna()) == [4837, 174, 28573]
+
+
+def test_load_plans_one_row_per_ranked_chain(history: dict[str, Any]) -> None:
+    df = analysis.load_plans(history["path"])
+    assert list(df.columns) == list(analysis.PLANS_COLUMNS)
+    assert dtypes(df) == dict(analysis.PLANS_COLUMNS)
+    assert len(df) == (1 + 3) + (1 + 1)  # direct + chains, per plan
+    first = df[df["plan_id"] == history["plans"][0]].sort_values("rank")
+    assert list(first["label"]) == ["direct", "sh → mx", "sh", "mx"]
+    assert list(first["relays"]) == [0, 2, 1, 1]
+    assert list(first["cost"]) == [399.2, 157.3, 190.1, 260.0]
+    assert (first["direct_loss"] == 0.39).all()
+    assert first.iloc[0]["created_at"] == pd.Timestamp(T0 + 2 * HOUR, unit="s", tz="UTC")
+    assert analysis.load_plans(history["path"], target="elsewhere").empty
+
+
+def test_load_decisions_flattens_predicted_and_observed(history: dict[str, Any]) -> None:
+    df = analysis.load_decisions(history["path"])
+    assert list(df.columns)[:4] == list(analysis.DECISIONS_COLUMNS)
+    assert len(df) == 2
+    assert list(df["chain"]) == ["sh,mx", "sh"]
+    assert list(df["reason"]) == ["switch", "failover"]
+    assert str(df["predicted_rtt_ms"].dtype) == "float64"
+    assert list(df["predicted_rtt_ms"]) == [301.0, 321.0]
+    assert str(df["predicted_hops"].dtype) == "string"
+    assert df["observed_chain_up_p50_ms"].iloc[0] == 320.5
+    assert math.isnan(df["observed_chain_up_p50_ms"].iloc[1])
+    assert str(df["at"].dtype) == "datetime64[ns, UTC]"
+    empty = analysis.load_decisions(history["path"], since=T0 + 10 * HOUR)
+    assert empty.empty and list(empty.columns) == list(analysis.DECISIONS_COLUMNS)
+
+
+def test_load_edges_from_document_file_and_graph(tmp_path: Path) -> None:
+    from linkscope.graph import graph_from_measurements
+
+    doc = analysis.load_edges(MEASUREMENTS)
+    assert list(doc.columns) == list(analysis.EDGES_COLUMNS)
+    assert dtypes(doc) == dict(analysis.EDGES_COLUMNS)
+    assert len(doc) == len(MEASUREMENTS["edges"])
+    assert doc["jitter_ms"].tolist() == [1.5, 0.3, 0.0, 0.0, 0.0]
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(MEASUREMENTS))
+    from_file = analysis.load_edges(path)
+    from_graph = analysis.load_edges(graph_from_measurements(path))
+    key = ["src", "dst"]
+    for other in (from_file, from_graph):
+        a = doc.sort_values(key).reset_index(drop=True)
+        b = other.sort_values(key).reset_index(drop=True)
+        cols = [*key, "rtt_ms", "loss"]
+        assert a[cols].equals(b[cols])
+    with pytest.raises(InputError, match="no 'edges' list"):
+        analysis.load_edges({"source": "home"})
+
+
+def test_frames_from_cli_documents_match_the_store(history: dict[str, Any]) -> None:
+    probe = history["probes"][0]
+    from_doc = analysis.pings_frame(probe.to_dict())
+    stored = analysis.load_pings(history["path"], target="br")
+    stored = stored[stored["run_id"] == stored["run_id"].min()].reset_index(drop=True)
+    assert dtypes(from_doc) == dtypes(stored)
+    assert from_doc["lost"].equals(stored["lost"])
+    assert from_doc["rtt_ms"].to_numpy() == pytest.approx(stored["rtt_ms"].to_numpy(), nan_ok=True)
+    hops = analysis.hops_frame(probe.trace.to_dict())
+    assert dtypes(hops) == dict(analysis.TRACES_COLUMNS)
+    assert len(hops) == len(probe.trace.hops)
+    plan = analysis.plan_frame(PLAN)
+    assert dtypes(plan) == dict(analysis.PLANS_COLUMNS)
+    assert list(plan["label"]) == ["direct", "sh → mx", "sh", "mx"]
+    no_direct = analysis.plan_frame({**PLAN, "direct": None})
+    assert list(no_direct["rank"]) == [1, 2, 3]
+    with pytest.raises(InputError, match="not a plan document"):
+        analysis.plan_frame({"chains": []})
+
+
+def test_loading_a_missing_database_does_not_create_it(tmp_path: Path) -> None:
+    path = tmp_path / "nope.db"
+    with pytest.raises(InputError, match="no history database at"):
+        analysis.load_pings(path)
+    assert not path.exists()
+
+
+def test_loaders_accept_an_open_store_and_leave_it_open(history: dict[str, Any]) -> None:
+    with Store.open(history["path"]) as store:
+        a = analysis.load_probes(store)
+        b = analysis.load_probes(store, since="2026-01-01")
+        assert len(a) == len(b) == len(history["probes"])
+        assert store.schema_version >= 1  # still usable
+
+
+# -- plots ---------------------------------------------------------------------------------------
+def test_plot_rtt_loss_over_time(history: dict[str, Any]) -> None:
+    pings = analysis.load_pings(history["path"], target=None)
+    assert_renders(analysis.plot_rtt_loss(pings))
+    fig = analysis.plot_rtt_loss(pings, targets=["br"])
+    lines = [line for ax in fig.axes for line in ax.get_lines()]
+    assert len(lines) == 2  # median RTT and loss for one target
+    loss_line = fig.axes[1].get_lines()[0]
+    expected = [100 * p.ping.loss for p in history["probes"] if p.target == "br"]
+    assert [float(v) for v in cast(Any, loss_line.get_ydata())] == pytest.approx(expected)
+    with pytest.raises(NoData, match="no samples for mars"):
+        analysis.plot_rtt_loss(pings, targets=["mars"])
+
+
+def test_plot_ping_samples_marks_lost_requests(history: dict[str, Any]) -> None:
+    probe = max(history["probes"], key=lambda p: p.ping.sent - p.ping.received)
+    lost = probe.ping.sent - probe.ping.received
+    assert lost > 0
+    fig = analysis.plot_ping_samples(analysis.pings_frame(probe.to_dict()))
+    assert_renders(fig)
+    crosses = cast(Any, fig.axes[0].collections[0].get_offsets())
+    assert len(crosses) == lost
+    line = fig.axes[0].get_lines()[0]
+    assert len(cast(Any, line.get_xdata())) == probe.ping.received
+
+
+def test_plot_trace_per_hop(history: dict[str, Any]) -> None:
+    hops = analysis.load_traces(history["path"])
+    fig = analysis.plot_trace(hops)  # the latest trace
+    assert_renders(fig)
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels[2] == "3  * (no reply)"
+    assert labels[0].startswith("1  bj") and "Beijing" in labels[0]
+    loss_bars = [cast(Rectangle, p).get_width() for p in fig.axes[1].patches]
+    assert loss_bars[2] == 100.0  # nothing answered at that hop
+    with pytest.raises(InputError, match="no trace_id 999"):
+        analysis.plot_trace(hops, trace_id=999)
+
+
+def test_plot_path_map_shows_the_detour(history: dict[str, Any]) -> None:
+    hops = analysis.load_traces(history["path"])
+    fig = analysis.plot_path_map(hops, source=(39.0842, 117.2009, "home (Tianjin)"))
+    assert_renders(fig)
+    ax = fig.axes[0]
+    title = ax.get_title()
+    assert "Path to br" in title and "km travelled" in title
+    path_line = ax.get_lines()[1]
+    lons = [float(v) for v in cast(Any, path_line.get_xdata())]
+    # home, Beijing, Los Angeles, São Paulo: continuous across the antimeridian
+    assert len(lons) == 4 and all(abs(b - a) <= 180 for a, b in itertools.pairwise(lons))
+    ratio = float(title.split("×")[1].rstrip(")"))
+    assert 1.1 < ratio < 1.3  # near-antipodal endpoints: even this detour is only ~1.14x
+    unlocated = hops.assign(lat=float("nan"), lon=float("nan"))
+    with pytest.raises(NoData, match="fewer than two located points"):
+        analysis.plot_path_map(unlocated)
+
+
+def test_great_circle_points_end_at_both_ends() -> None:
+    pts = analysis.great_circle_points((39.9, 116.4), (-23.55, -46.63), n=10)
+    assert len(pts) == 11
+    assert pts[0] == pytest.approx((39.9, 116.4), abs=1e-9)
+    assert pts[-1] == pytest.approx((-23.55, -46.63), abs=1e-9)
+
+
+def test_plot_plan_against_direct(history: dict[str, Any]) -> None:
+    plans = analysis.load_plans(history["path"])
+    fig = analysis.plot_plan(plans, plan_id=history["plans"][0])
+    assert_renders(fig)
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels == ["direct", "sh → mx", "sh", "mx"]
+    assert [cast(Rectangle, p).get_width() for p in fig.axes[0].patches] == [
+        399.2,
+        157.3,
+        190.1,
+        260.0,
+    ]
+    latest = analysis.plot_plan(plans)  # the later plan: direct and one chain
+    assert len(latest.axes[0].patches) == 2
+
+
+def test_plot_relay_matrix() -> None:
+    edges = analysis.load_edges(MEASUREMENTS)
+    fig = analysis.plot_relay_matrix(edges)
+    assert_renders(fig)
+    rtt_ax = fig.axes[0]
+    nodes = [t.get_text() for t in rtt_ax.get_yticklabels()]
+    assert nodes == ["br", "home", "mx", "sh"]
+    texts = {t.get_text() for t in rtt_ax.texts}
+    assert {"352", "20.4", "301", "171", "111"} <= texts
+    one = analysis.plot_relay_matrix(edges, metrics=["loss"])
+    assert "39.0" in {t.get_text() for t in one.axes[0].texts}
+
+
+PLOTS = [
+    ("plot_rtt_loss", analysis.PINGS_COLUMNS),
+    ("plot_ping_samples", analysis.PINGS_COLUMNS),
+    ("plot_trace", analysis.TRACES_COLUMNS),
+    ("plot_path_map", analysis.TRACES_COLUMNS),
+    ("plot_plan", analysis.PLANS_COLUMNS),
+    ("plot_relay_matrix", analysis.EDGES_COLUMNS),
+]
+
+
+@pytest.mark.parametrize(("name", "schema"), PLOTS)
+def test_every_plot_refuses_an_empty_frame(name: str, schema: dict[str, str]) -> None:
+    empty = analysis._frame([], schema)
+    assert list(empty.columns) == list(schema)
+    with pytest.raises(NoData, match="the frame is empty"):
+        getattr(analysis, name)(empty)
+    assert issubclass(NoData, InputError)
+
+
+@pytest.mark.parametrize(("name", "schema"), PLOTS)
+def test_every_plot_names_missing_columns(name: str, schema: dict[str, str]) -> None:
+    with pytest.raises(InputError, match="lacks column"):
+        getattr(analysis, name)(pd.DataFrame({"x": [1]}))
+    with pytest.raises(InputError, match="expected a pandas DataFrame"):
+        getattr(analysis, name)([{"x": 1}])
+
+
+# -- one picture per command, and the demo's -------------------------------------------------------
+def test_plot_for_probe_writes_a_png(history: dict[str, Any], tmp_path: Path) -> None:
+    out = analysis.plot_for_probe(history["probes"][0].to_dict(), tmp_path / "probe.png")
+    _, h = is_png(out.read_bytes())
+    several = analysis.plot_for_probe([p.to_dict() for p in history["probes"][-3:]],
+                                      tmp_path / "several.png")  # fmt: skip
+    _, h2 = is_png(several.read_bytes())
+    assert h2 < h  # no trace panel for several targets
+    empty = {**history["probes"][0].to_dict(), "ping": {"rtts_ms": [], "method": "icmp-raw"}}
+    with pytest.raises(NoData, match="no echo requests"):
+        analysis.plot_for_probe(empty, tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_plot_for_trace_and_plan_write_pngs(history: dict[str, Any], tmp_path: Path) -> None:
+    trace = history["probes"][0].trace.to_dict()
+    is_png(analysis.plot_for_trace(trace, tmp_path / "trace.png").read_bytes())
+    svg = analysis.plot_for_trace(trace, tmp_path / "trace.svg").read_text()
+    assert "São Paulo" in svg or "S\u00e3o Paulo" in svg or "<svg" in svg
+    is_png(analysis.plot_for_plan(PLAN, tmp_path / "plan.png").read_bytes())
+    with pytest.raises(NoData, match="no hops"):
+        analysis.plot_for_trace({**trace, "hops": []}, tmp_path / "t.png")
+    with pytest.raises(NoData, match="neither a chain nor a direct path"):
+        analysis.plot_for_plan({**PLAN, "direct": None, "chains": []}, tmp_path / "p.png")
+    with pytest.raises(InputError, match="cannot write plot"):
+        analysis.plot_for_plan(PLAN, tmp_path / "no-such-dir" / "plan.png")
+    with pytest.raises(InputError, match="cannot write plot"):
+        analysis.plot_for_plan(PLAN, tmp_path / "plan.unknownformat")
+
+
+def test_render_demo_figure(history: dict[str, Any], tmp_path: Path) -> None:
+    out = analysis.render_demo_figure(history["path"], tmp_path / "demo.png", target="br",
+                                      source=(39.0842, 117.2009, "home"))  # fmt: skip
+    w, h = is_png(out.read_bytes())
+    # four panels stacked: map, hops (4), RTT/loss over time, the latest plan (2 rows)
+    heights = analysis.MAP_HEIGHT + analysis.trace_height(4) + 5.0 + analysis.plan_height(2)
+    assert h / w == pytest.approx(heights / analysis.WIDTH, rel=0.02)
+    only_pings = analysis.render_demo_figure(history["path"], tmp_path / "sh.png", target="sh")
+    w2, h2 = is_png(only_pings.read_bytes())
+    assert h2 < w2  # one panel
+    empty = tmp_path / "empty.db"
+    Store.open(empty).close()
+    with pytest.raises(NoData, match="nothing to draw"):
+        analysis.render_demo_figure(empty, tmp_path / "e.png")
