@@ -13,9 +13,11 @@ How it works, and why:
 3. Replies are matched by the quoted header of the ICMP error (or the echo reply / SYN-ACK / RST
    from the target), timed with kernel receive timestamps.
 4. The trace ends at the first TTL where the target answered. It stops waiting when every probe
-   up to that TTL has answered, at ``timeout``, or — once the target has answered after R — at
-   R·3 + 50 ms after the burst, since a reply from a nearer hop cannot take much longer than the
-   target's (traceroute's "-w MAX,HERE,NEAR" heuristic, tighter).
+   up to that TTL has answered, at ``timeout``, or — once the target has answered after R (the
+   largest RTT seen) — at 1.5·R (at least R + 50 ms) after the burst: every probe left the same
+   millisecond, and a nearer hop's reply has a shorter way to go than the target's, so one
+   still missing then is lost (traceroute's "-w MAX,HERE,NEAR" idea, tighter). Slow-path ICMP
+   generation on real routers is why the slack is not zero.
 5. Reverse-DNS names (``names=True``) are looked up in daemon threads as addresses first appear;
    the trace waits for them at most ``NAME_GRACE`` s after its last reply, so slow DNS never
    delays it by more.
@@ -48,6 +50,8 @@ from linkscope.probe.rawsock import (
 )
 from linkscope.probe.resolve import family_of, resolve_async
 
+TARGET_SLACK = 0.5  # once the target answered after R: wait for nearer hops until 1.5 R ...
+TARGET_SLACK_MIN_MS = 50.0  # ... but at least R + 50 ms
 NAME_GRACE = 0.25  # seconds to wait for reverse-DNS names after the last reply
 DEFAULT_PORTS: dict[str, int] = {"udp": 33434, "tcp": 80}
 MAX_PROBES = 16
@@ -411,7 +415,8 @@ async def _wait(
             return
         deadline = hard
         if state.first_reach_ns is not None:
-            deadline = min(hard, burst_end_ns + int((3 * state.max_rtt_ms + 50) * 1e6))
+            slack_ms = max(TARGET_SLACK * state.max_rtt_ms, TARGET_SLACK_MIN_MS)
+            deadline = min(hard, burst_end_ns + int((state.max_rtt_ms + slack_ms) * 1e6))
         remaining = (deadline - time.time_ns()) / 1e9
         if remaining <= 0:
             return
