@@ -830,6 +830,44 @@ def plot_relay_matrix(
     return root
 
 
+def plot_delay_cdf(
+    samples: pd.DataFrame,
+    by: str = "path",
+    value: str = "rtt_ms",
+    *,
+    title: str = "Delay distribution",
+    into: Any = None,
+) -> Figure:
+    """Empirical CDF of ``value`` for each ``by`` group (e.g. keystroke echo delays direct and
+    relayed), with each group's median and p95 in the legend. NaN values are left out."""
+    import numpy as np
+
+    _require(samples, (by, value), "delay CDF")
+    fig, root = _canvas(into, 4.0)
+    ax = fig.subplots()
+    drawn = 0
+    for i, (name, rows) in enumerate(samples.groupby(by, sort=False)):
+        values = np.sort(np.asarray(_floats(rows[value]), dtype="float64"))
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            continue
+        drawn += 1
+        p50, p95 = (float(np.percentile(values, q)) for q in (50, 95))
+        label = f"{name}: median {_ms(p50)} ms, p95 {_ms(p95)} ms (n={values.size})"
+        ax.step(values, np.arange(1, values.size + 1) / values.size, where="post",
+                color=PALETTE[i % len(PALETTE)], lw=1.8, label=label)  # fmt: skip
+    if not drawn:
+        raise NoData(f"delay CDF: no finite {value} values to plot")
+    ax.set_xlabel(value.replace("rtt", "RTT").replace("_ms", " (ms)").replace("_", " "))
+    ax.set_ylabel("fraction of samples ≤ x")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlim(left=0)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small")
+    ax.set_title(title)
+    return root
+
+
 # -- one picture per command (--plot FILE), and the demo's ----------------------------------------
 def _stack(parts: Sequence[tuple[float, Any]], path: str | os.PathLike[str]) -> Path:
     """Draw ``(height, draw(into))`` parts one above the other in one figure and save it."""
@@ -944,6 +982,7 @@ __all__ = [
     "load_traces",
     "pings_frame",
     "plan_frame",
+    "plot_delay_cdf",
     "plot_for_plan",
     "plot_for_probe",
     "plot_for_trace",

@@ -399,6 +399,29 @@ def test_plot_relay_matrix() -> None:
     assert "39.0" in {t.get_text() for t in one.axes[0].texts}
 
 
+def test_plot_delay_cdf_per_group() -> None:
+    samples = pd.DataFrame(
+        {
+            "path": ["direct"] * 5 + ["sh → mx"] * 4,
+            "rtt_ms": [350.0, 360.0, 560.0, float("nan"), 1200.0, 301.0, 302.0, 300.0, 305.0],
+        }
+    )
+    fig = analysis.plot_delay_cdf(samples)
+    assert_renders(fig)
+    lines = fig.axes[0].get_lines()
+    assert [len(cast(Any, line.get_xdata())) for line in lines] == [4, 4]  # NaN left out
+    assert [float(v) for v in cast(Any, lines[1].get_ydata())] == [0.25, 0.5, 0.75, 1.0]
+    legend = fig.axes[0].get_legend()
+    assert legend is not None
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert labels == [
+        "direct: median 460 ms, p95 1104 ms (n=4)",
+        "sh → mx: median 302 ms, p95 305 ms (n=4)",
+    ]
+    with pytest.raises(NoData, match="no finite rtt_ms"):
+        analysis.plot_delay_cdf(samples.assign(rtt_ms=float("nan")))
+
+
 PLOTS = [
     ("plot_rtt_loss", analysis.PINGS_COLUMNS),
     ("plot_ping_samples", analysis.PINGS_COLUMNS),
@@ -406,6 +429,7 @@ PLOTS = [
     ("plot_path_map", analysis.TRACES_COLUMNS),
     ("plot_plan", analysis.PLANS_COLUMNS),
     ("plot_relay_matrix", analysis.EDGES_COLUMNS),
+    ("plot_delay_cdf", {"path": "string", "rtt_ms": "float64"}),
 ]
 
 
