@@ -636,17 +636,19 @@ class Lab:
         """The running lab ``prefix`` (or the only one running), from its state file."""
         root = run_root or RUN_ROOT
         if prefix is None:
-            running = [
-                p for p, st in find_labs(root).items() if st is not None and st.get("stage") == "up"
-            ]
-            if not running:
+            labs = find_labs(root)
+            running = [p for p, st in labs.items() if st is not None and st.get("stage") == "up"]
+            # labs started by `linkscope lab up` first; a lab owned by a running program (a test
+            # session) is only picked when it is the only one
+            detached = [p for p in running if (labs[p] or {}).get("detached")]
+            pick = detached or running
+            if not pick:
                 raise LabError("no lab is running (start one with `linkscope lab up TOPOLOGY`)")
-            if len(running) > 1:
+            if len(pick) > 1:
                 raise LabError(
-                    f"several labs are running ({', '.join(sorted(running))}); "
-                    "pick one with --prefix"
+                    f"several labs are running ({', '.join(sorted(pick))}); pick one with --prefix"
                 )
-            prefix = running[0]
+            prefix = pick[0]
         state = read_state(root, prefix)
         if state is None:
             raise LabError(f"no lab {prefix!r} is running")

@@ -215,9 +215,9 @@ def test_live_changes_are_restored(brazil_lab: Lab) -> None:
     assert lab.link_params("home", "sh") == before
     with lab.impaired("home", "sh", direction="a->b", delay_ms=60.0):
         res = ping(lab, "home", "sh", count=5, interval=0.05)
-        assert res.avg_ms is not None and abs(res.avg_ms - 70.0) < 4.5
+        assert res.avg_ms is not None and abs(res.avg_ms - 70.0) <= 0.05 * 70 + 3
     res = ping(lab, "home", "sh", count=5, interval=0.05)
-    assert res.received == 5 and res.avg_ms is not None and abs(res.avg_ms - 20.0) < 2.0
+    assert res.received == 5 and res.avg_ms is not None and abs(res.avg_ms - 20.0) <= 1 + 3
 
 
 def test_bad_api_use_is_reported(brazil_lab: Lab) -> None:

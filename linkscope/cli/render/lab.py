@@ -44,7 +44,8 @@ def render_status(doc: Mapping[str, Any], console: Console | None = None) -> Non
         "bytes",
         "dropped",
     ):
-        links.add_column(col, justify="left" if col in ("direction", "kind") else "right")
+        left = col in ("direction", "kind")
+        links.add_column(col, justify="left" if left else "right", no_wrap=left)
     for lk in doc["links"]:
         links.add_row(
             f"{lk['from']}→{lk['to']}",
