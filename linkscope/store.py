@@ -247,6 +247,7 @@ class Store:
         mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise StoreError(f"history database {self.path}: cannot enable WAL (mode {mode})")
+        db.execute("PRAGMA synchronous = NORMAL")  # WAL: durable at checkpoints, never corrupt
         db.execute("PRAGMA foreign_keys = ON")
         for target, script in MIGRATIONS:
             if version < target:
