@@ -47,7 +47,6 @@ TFD_NONBLOCK = 0o4000
 TFD_CLOEXEC = 0o2000000
 TFD_TIMER_ABSTIME = 1
 PR_SET_TIMERSLACK = 29
-PR_SET_PDEATHSIG = 1
 READ_BATCH = 256
 EARLY_S = 20e-6  # release packets due within this much of now
 
@@ -366,10 +365,25 @@ class Emulator:
             os.close(self.timer.fd)
 
 
-async def serve(config: dict[str, Any], socket_path: str) -> None:
+async def serve(config: dict[str, Any], socket_path: str, owner_pid: int | None = None) -> bool:
+    """Run until told to stop; True when it stopped because the owner process died."""
     loop = asyncio.get_running_loop()
     emu = Emulator(config)
+    owner_gone = False
+    pidfd = None
+
+    def on_owner_exit() -> None:
+        nonlocal owner_gone
+        owner_gone = True
+        emu.stopping.set()
+
     try:
+        if owner_pid is not None:
+            try:
+                pidfd = os.pidfd_open(owner_pid)
+            except ProcessLookupError:
+                return True
+            loop.add_reader(pidfd, on_owner_exit)
         emu.open()
         emu.attach(loop)
         with contextlib.suppress(FileNotFoundError):
@@ -381,8 +395,12 @@ async def serve(config: dict[str, Any], socket_path: str) -> None:
             await emu.stopping.wait()
     finally:
         emu.close()
+        if pidfd is not None:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(socket_path)
+    return owner_gone
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -391,29 +409,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--socket", required=True)
     ap.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     ap.add_argument(
-        "--parent-death",
-        action="store_true",
-        help="exit when the parent process dies (labs owned by a Python process)",
+        "--owner-pid",
+        type=int,
+        default=None,
+        help="the process owning the lab: when it dies, remove the lab and exit",
     )
+    ap.add_argument("--prefix", default=None, help="the lab's prefix (for --owner-pid)")
+    ap.add_argument("--run-root", default=None, help="the labs' run dir root (for --owner-pid)")
     args = ap.parse_args(argv)
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0)
     with contextlib.suppress(OSError):
         os.nice(-10)  # delays stay accurate when the machine is busy (best effort, needs root)
-    if args.parent_death:
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() == 1:
-            return 1
     config = json.loads(Path(args.config).read_text())
+    owner_gone = False
     if args.loop == "uvloop":
         try:
             import uvloop
 
-            uvloop.run(serve(config, args.socket))
-            return 0
+            owner_gone = uvloop.run(serve(config, args.socket, args.owner_pid))
         except ImportError:
-            pass
-    asyncio.run(serve(config, args.socket))
+            owner_gone = asyncio.run(serve(config, args.socket, args.owner_pid))
+    else:
+        owner_gone = asyncio.run(serve(config, args.socket, args.owner_pid))
+    if owner_gone and args.prefix:
+        # the owner crashed (or was killed) without tearing its lab down: do it for it
+        from linkscope.lab.lab import teardown_prefix
+
+        teardown_prefix(args.prefix, Path(args.run_root) if args.run_root else None)
     return 0
 
 

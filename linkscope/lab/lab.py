@@ -234,7 +234,9 @@ class Lab:
         try:
             self._create_namespaces()
             self._create_links()
-            if self.topology.any_emulated:
+            if self.topology.any_emulated or not self.detached:
+                # also without emulated links, a lab owned by a process gets its keeper, which
+                # removes the lab if the owner dies without doing so
                 self._start_emulator()
             self._configure()
             self.verify()
@@ -354,7 +356,14 @@ class Lab:
             self.emulator_loop,
         ]
         if not self.detached:
-            argv.append("--parent-death")
+            argv += [
+                "--owner-pid",
+                str(os.getpid()),
+                "--prefix",
+                self.prefix,
+                "--run-root",
+                str(self.run_root),
+            ]
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -751,6 +760,8 @@ def _emulator_pids(run_root: Path, prefix: str | None = None) -> dict[int, str]:
             continue
         if EMULATOR_MODULE.encode() not in argv or b"--socket" not in argv:
             continue
+        if int(entry) == os.getpid():
+            continue
         try:
             sock = Path(argv[argv.index(b"--socket") + 1].decode())
         except (IndexError, UnicodeDecodeError):
@@ -840,6 +851,7 @@ def teardown_prefix(
         emu_pids.add(int(state["emulator_pid"]))
     if emulator is not None and emulator.poll() is None:
         emu_pids.add(emulator.pid)
+    emu_pids.discard(os.getpid())  # the emulator itself tears down when its owner died
     _kill_and_wait(sorted(emu_pids), grace=5.0)
     if emulator is not None:
         with contextlib.suppress(subprocess.TimeoutExpired):

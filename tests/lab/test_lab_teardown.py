@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -71,10 +72,10 @@ def test_down_removes_everything_including_untracked_processes() -> None:
     lab.down()  # idempotent
 
 
-def test_veth_only_lab_needs_no_emulator() -> None:
+def test_veth_only_lab(tmp_path: Path) -> None:
     p = prefix()
     with Lab(CLEAN, p) as lab:
-        assert lab.emulator_pid is None
+        assert lab.emulator_pid is not None  # the keeper: removes the lab if we crash
         res = lab.exec("a", ["ping", "-c", "2", "-i", "0.05", "b"], check=True)
         assert "2 received" in res.stdout
         stats = {(s.src, s.dst): s for s in lab.link_stats()}
@@ -119,26 +120,51 @@ def test_sigterm_cleans_up() -> None:
     assert traces(p) == []
 
 
-def test_crash_leftovers_are_found_and_removed() -> None:
-    """SIGKILL leaves namespaces behind; the emulator dies with its owner; `lab down --all`
-    (and any later bring-up) removes the rest, but never a lab whose owner is alive."""
-    p = prefix()
+def _start_owner(p: str) -> subprocess.Popen[str]:
     script = textwrap.dedent(f"""
         import time
         from linkscope.lab import Lab, parse_topology
         lab = Lab(parse_topology({TWO_TEXT!r}), {p!r}).up()
         lab.popen("a", ["sleep", "600"])
-        print("up", flush=True)
+        print("up", lab.emulator_pid, flush=True)
         time.sleep(600)
     """)
     proc = subprocess.Popen(
         [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=REPO
     )
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "up"
+    return proc
+
+
+def _wait_clean(p: str, timeout: float = 15.0) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while (left := traces(p)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+def test_killed_owner_lab_is_removed_by_its_emulator() -> None:
+    p = prefix()
+    proc = _start_owner(p)
+    assert proc.stdout is not None and proc.stdout.readline().startswith("up")
+    proc.kill()
+    proc.wait()
+    assert _wait_clean(p) == []
+
+
+def test_crash_leftovers_are_found_and_removed() -> None:
+    """Owner and emulator both SIGKILLed: `lab down --all` removes what is left, but never a
+    lab whose owner is alive."""
+    p = prefix()
     with Lab(CLEAN, prefix()) as alive_lab:
+        proc = _start_owner(p)
+        assert proc.stdout is not None
+        line = proc.stdout.readline().split()
+        assert line[0] == "up"
+        os.kill(int(line[1]), signal.SIGKILL)
         proc.kill()
         proc.wait()
         assert p in find_labs()
+        assert traces(p)
         res = subprocess.run(
             [sys.executable, "-m", "linkscope", "lab", "down", "--all", "--json"],
             capture_output=True,
@@ -147,11 +173,25 @@ def test_crash_leftovers_are_found_and_removed() -> None:
             cwd=REPO,
         )
         assert res.returncode == 0, res.stderr
-        assert p in res.stdout
+        # (another test session's bring-up may have removed the leftovers first)
+        assert p in json.loads(res.stdout)["removed"] or p not in find_labs()
         assert traces(p) == []
         # the live lab owned by this process was kept
-        assert alive_lab.prefix not in res.stdout.split('"kept"')[0]
+        assert alive_lab.prefix not in json.loads(res.stdout)["removed"]
         assert alive_lab.exec("a", ["ping", "-c", "1", "b"]).returncode == 0
+
+
+def test_next_bring_up_removes_crash_leftovers() -> None:
+    p = prefix()
+    proc = _start_owner(p)
+    assert proc.stdout is not None
+    line = proc.stdout.readline().split()
+    os.kill(int(line[1]), signal.SIGKILL)
+    proc.kill()
+    proc.wait()
+    assert traces(p)
+    with Lab(CLEAN, prefix()):
+        assert traces(p) == []
 
 
 def test_prefix_collision_and_invalid_prefix() -> None:
