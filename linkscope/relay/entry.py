@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import socket
@@ -65,6 +66,16 @@ def _spec(hop: HopLike) -> HopSpec:
 
 
 async def _connect_first(hop: HopLike, timeout: float) -> socket.socket:
+    try:
+        literal = ipaddress.ip_address(hop.host)
+    except ValueError:
+        pass
+    else:  # no resolver round trip (a thread-pool hop) for an address
+        af = socket.AF_INET if literal.version == 4 else socket.AF_INET6
+        try:
+            return await connect_address(af, hop.host, hop.port, timeout)
+        except WireError as exc:
+            raise ChainRefused(hop.name, 0, exc.code, f"from the entry: {exc.detail}") from exc
     try:
         infos = await resolve(hop.host, hop.port)
     except OSError as exc:

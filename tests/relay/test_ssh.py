@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ pytestmark = [
 
 
 @pytest.fixture
-def sshd(tmp_path: Path) -> tuple[int, Path]:
+def sshd(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """An sshd on 127.0.0.1:<free port> with a generated host key and one authorized key."""
     d = tmp_path / "ssh"
     d.mkdir(mode=0o700)

@@ -315,8 +315,10 @@ def test_fuzz_mutated_valid_frames(data: st.DataObject) -> None:
 def test_fuzz_built_chains_always_verify(keys: list[bytes], port: int) -> None:
     hops = [HopSpec(str(i), "127.0.0.2", 7000 + i, k) for i, k in enumerate(keys)]
     raw = build_chain(hops, ("127.0.0.1", port), now_ms=NOW)
+    layers = []
     for key in keys:
         layer = _verify(raw, key)
         assert isinstance(layer, ConnectLayer)
+        layers.append(layer)
         raw = layer.inner
-    assert layer.final and layer.port == port
+    assert layers[-1].final and layers[-1].port == port
