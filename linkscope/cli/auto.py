@@ -129,6 +129,7 @@ class DecisionLog:
             self._store(d, status)
 
     def _store(self, d: Decision, status: Any) -> None:
+        """One decision row (predicted vs observed); the ranked plan too when the chain changed."""
         store = self.store
         assert store is not None
         predicted = status.predicted.to_dict() if status.predicted is not None else None
@@ -142,23 +143,22 @@ class DecisionLog:
             ],
         }
         try:
-            record = store.record_decision
-            record(
-                chain=chain_label(d.chain),
-                reason=f"{d.kind.value}: {d.reason}",
-                predicted=_clean({**d.to_dict(), "model": self.model, "chain": predicted}),
-                observed=_clean(observed),
-                target=self.target,
+            store.record_decision(
+                list(d.chain),
+                f"{d.kind.value}: {d.reason}",
+                _clean(
+                    {
+                        **d.to_dict(),
+                        "model": self.model,
+                        "target": self.target,
+                        "predicted": predicted,
+                    }
+                ),
+                _clean(observed),
             )
-        except TypeError:
-            # an older record_decision signature: fall back to positional (chain, reason, ...)
-            try:
-                store.record_decision(
-                    chain_label(d.chain), f"{d.kind.value}: {d.reason}", _clean(d.to_dict())
-                )
-            except Exception as exc:
-                self._store_failed(exc)
-        except Exception as exc:
+            if d.changed and status.plan is not None:
+                store.record_plan(_clean(status.plan))
+        except Exception as exc:  # the relay keeps serving when the history cannot be written
             self._store_failed(exc)
 
     def _store_failed(self, exc: Exception) -> None:

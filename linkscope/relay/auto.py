@@ -365,6 +365,7 @@ class AutoStatus:
     switches: int
     failovers: int
     decisions: tuple[tuple[float, Decision], ...]
+    plan: dict[str, Any] | None = None  # DESIGN.md's plan JSON of this round's ranking
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -506,7 +507,26 @@ class AutoRelay:
             switches=self.decider.switches,
             failovers=self.decider.failovers,
             decisions=tuple(self.decisions),
+            plan=self.plan_dict(),
         )
+
+    def plan_dict(self) -> dict[str, Any] | None:
+        """This round's ranking as DESIGN.md's plan JSON (``gain`` relative to direct here)."""
+        if not self.candidates:
+            return None
+        direct = next((c for c in self.candidates if c.hops == DIRECT), None)
+        return {
+            "model": self.cfg.model,
+            "target": self.cfg.target_name,
+            "direct": None
+            if direct is None
+            else {
+                "rtt_ms": _finite(direct.rtt_ms),
+                "loss": _finite(direct.loss),
+                "cost": _finite(direct.cost),
+            },
+            "chains": [c.to_dict() for c in self.candidates if c.hops != DIRECT],
+        }
 
     async def run_rounds(
         self,

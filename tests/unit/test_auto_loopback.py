@@ -1,0 +1,399 @@
+"""`relay --auto` on loopback with real agents and real bytes (127.0.0.0/8 only).
+
+Loopback has no loss to measure, so where a test needs the direct path to look bad it scripts the
+*measurements* (the prober) and keeps everything else real: agents, chain headers, bytes, sha256.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from linkscope.inventory import Node, load_inventory
+from linkscope.relay.auto import AutoConfig, AutoEntry, AutoRelay, measure_round
+from linkscope.relay.decide import DecisionKind
+
+PY = sys.executable
+pytestmark = pytest.mark.timeout(120)
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class EchoServer:
+    """A threaded TCP echo server that echoes until the client half-closes."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.sock = socket.create_server((host, 0))
+        self.port = int(self.sock.getsockname()[1])
+        self._stop = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _echo(conn: socket.socket) -> None:
+        with conn:
+            while data := conn.recv(1 << 16):
+                conn.sendall(data)
+            conn.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self._stop = True
+        self.sock.close()
+        self.thread.join(2)
+
+
+@pytest.fixture
+def echo() -> Iterator[EchoServer]:
+    srv = EchoServer()
+    yield srv
+    srv.close()
+
+
+class Agents:
+    """Two real agents (sh on 127.0.0.2, mx on 127.0.0.3) and their inventory."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        lines = []
+        for name, host in (("sh", "127.0.0.2"), ("mx", "127.0.0.3")):
+            key = tmp / f"{name}.key"
+            key.write_text(os.urandom(32).hex() + "\n")
+            key.chmod(0o600)
+            port = free_port(host)
+            lines += [f"[nodes.{name}]", f'host = "{host}"', f"port = {port}"]
+            lines += [f'key_file = "{key.name}"', ""]
+            argv = [PY, "-m", "linkscope", "agent", "--listen", f"{host}:{port}", "--key-file"]
+            argv += [str(key), "--allow", "127.0.0.0/8", "--probe-rate", "50"]
+            self.procs[name] = subprocess.Popen(
+                argv,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            _wait_port(host, port)
+        self.inventory_path = tmp / "nodes.toml"
+        self.inventory_path.write_text("\n".join(lines))
+        self.inventory = load_inventory(self.inventory_path)
+
+    def kill(self, name: str) -> None:
+        p = self.procs[name]
+        p.kill()
+        p.wait(5)
+
+    def close(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(5)
+
+
+def _wait_port(host: str, port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), 0.2):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{host}:{port} did not start listening")
+
+
+@pytest.fixture
+def agents(tmp_path: Path) -> Iterator[Agents]:
+    a = Agents(tmp_path)
+    yield a
+    a.close()
+
+
+async def roundtrip(port: int, payload: bytes, timeout: float = 10.0) -> bytes:
+    """Send ``payload`` through the relay, half-close, read the echo to EOF."""
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(payload)
+        await writer.drain()
+        writer.write_eof()
+        data = await reader.read()
+        writer.close()
+        return data
+
+
+class LoopbackProber:
+    """Real probes (local pings, agent probe service), with the direct path's result scripted."""
+
+    def __init__(self, direct_host: str, direct: list[float | None]) -> None:
+        from linkscope.cli.auto import LiveProber
+
+        self.real = LiveProber(count=3, interval=0.02, timeout=0.5)
+        self.direct_host = direct_host
+        self.direct = direct
+
+    async def local(self, host: str) -> list[float | None]:
+        if host == self.direct_host:
+            return list(self.direct)
+        return await self.real.local(host)
+
+    async def via_agent(self, node: Node, hosts: Sequence[str]) -> Mapping[str, list[float | None]]:
+        return await self.real.via_agent(node, hosts)
+
+
+async def test_real_probe_round_through_agents(agents: Agents, echo: EchoServer) -> None:
+    from linkscope.cli.auto import LiveProber
+
+    cfg = AutoConfig("127.0.0.1", echo.port, "127.0.0.1", agents.inventory, probe_count=3)
+    out = await measure_round(LiveProber(count=3, interval=0.02, timeout=0.5), cfg)
+    assert not out.agents_down
+    for seg in [("local", "sh"), ("sh", "mx"), ("mx", "127.0.0.1"), ("local", "127.0.0.1")]:
+        samples = out.samples[seg]
+        assert len(samples) == 3 and all(s is not None for s in samples), seg
+
+
+async def test_serves_on_chosen_chain_and_fails_over_when_its_agent_dies(
+    agents: Agents, echo: EchoServer
+) -> None:
+    # direct looks terrible (scripted); the relays are measured for real
+    prober = LoopbackProber("127.0.0.1", [50.0, None, None, None])
+    cfg = AutoConfig(
+        "127.0.0.1", echo.port, "127.0.0.1", agents.inventory, probe_count=3, chain_timeout=2.0
+    )
+    relay = AutoRelay(cfg, prober)
+    first = await relay.probe_round()
+    assert first.kind == DecisionKind.INITIAL and first.chain in (("sh",), ("mx",))
+    entry = AutoEntry(relay, "127.0.0.1", 0)
+    port = entry.address[1]
+    serving = asyncio.create_task(entry.serve(), name="test-auto-entry")
+    try:
+        payload = os.urandom(1 << 20)
+        got = await roundtrip(port, payload)
+        assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+        assert relay.connections_total == 1 and relay.status().observed_setup_ms is not None
+
+        # the chosen relay's agent dies: the next client's chain-up is refused, the decider fails
+        # over at once and the same client is retried on the next chain
+        dead = first.chain[0]
+        agents.kill(dead)
+        t0 = time.monotonic()
+        got = await roundtrip(port, payload)
+        elapsed = time.monotonic() - t0
+        assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+        assert elapsed < 5.0
+        assert relay.current is not None and dead not in relay.current
+        kinds = [d.kind for _, d in relay.decisions]
+        assert kinds == [DecisionKind.INITIAL, DecisionKind.FAILOVER]
+        assert relay.chain_failures == 1
+        assert "refused" in relay.decisions[-1][1].reason
+
+        # the next probe round sees the dead agent and keeps it out
+        d = await relay.probe_round()
+        assert d.chain == relay.current and dead not in d.chain
+        assert ("local", dead) in relay.estimates.dead()
+    finally:
+        entry.stop()
+        await asyncio.wait_for(serving, 10)
+
+
+# -- the command, as a user runs it ----------------------------------------------------------------
+def run_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PY, "-m", "linkscope.cli.auto", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--listen", "2222", "--to", "127.0.0.1:22"], "--listen must be HOST:PORT"),
+        (["--listen", ":99999", "--to", "127.0.0.1:22"], "out of range"),
+        (["--listen", ":0", "--to", ":22"], "--to must be HOST:PORT"),
+        (["--listen", ":0", "--to", "127.0.0.1:0"], "port 0"),
+        (["--listen", ":0", "--to", "127.0.0.1:x"], "not a number"),
+        (["--listen", ":0", "--to", "no-such-host.invalid:22"], "no-such-host.invalid"),
+        (["--listen", ":0", "--to", "127.0.0.1:22", "--optimize", "fast"], "unknown --optimize"),
+        (["--listen", ":0", "--to", "127.0.0.1:22", "--hysteresis", "2"], "--hysteresis"),
+        (["--listen", ":0", "--to", "127.0.0.1:22", "--rounds", "0"], "--rounds"),
+        (["--listen", ":0", "--to", "127.0.0.1:22", "--interval", "-1"], "--interval"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    nodes = tmp_path / "nodes.toml"
+    nodes.write_text("")
+    r = run_cli(*args, "--nodes", str(nodes), "--dry-run")
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("linkscope: error: "), r.stderr
+    assert message in lines[0]
+    assert r.stdout == ""
+
+
+def test_bad_inventory_is_exit_2(tmp_path: Path) -> None:
+    nodes = tmp_path / "nodes.toml"
+    nodes.write_text('[nodes.sh]\nhost = "127.0.0.2"\nport = 70000\nkey_file = "k"\n')
+    r = run_cli("--listen", ":0", "--to", "127.0.0.1:22", "--nodes", str(nodes), "--dry-run")
+    assert r.returncode == 2
+    assert r.stderr.startswith("linkscope: error: ") and "nodes.toml:" in r.stderr
+    missing = run_cli("--listen", ":0", "--to", "127.0.0.1:22", "--nodes", str(tmp_path / "x"))
+    assert missing.returncode == 2 and "linkscope: error:" in missing.stderr
+
+
+def test_listen_address_in_use_is_exit_2(tmp_path: Path, echo: EchoServer) -> None:
+    nodes = tmp_path / "nodes.toml"
+    nodes.write_text("")
+    r = run_cli("--listen", f"127.0.0.1:{echo.port}", "--to", "127.0.0.1:22", "--nodes", str(nodes))
+    assert r.returncode == 2
+    assert "cannot listen on 127.0.0.1" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_dry_run_json_plans_without_listening(agents: Agents, echo: EchoServer) -> None:
+    r = run_cli(
+        "--listen", "127.0.0.1:0", "--to", f"127.0.0.1:{echo.port}", "--nodes",
+        str(agents.inventory_path), "--dry-run", "--json", "--probe-count", "3",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["dry_run"] is True and doc["model"] == "interactive"
+    assert doc["decision"]["kind"] == "initial"
+    # on loopback nothing beats the direct path
+    assert doc["chain"] == [] and doc["decision"]["chain"] == []
+    hops = {tuple(c["hops"]) for c in doc["chains"]}
+    assert {(), ("sh",), ("mx",), ("sh", "mx"), ("mx", "sh")} <= hops
+    segs = {(s["from"], s["to"]) for s in doc["segments"]}
+    assert ("sh", "mx") in segs and ("mx", "127.0.0.1") in segs
+    assert all(not s["dead"] for s in doc["segments"])
+
+
+def test_dry_run_marks_a_relay_without_agent_dead(tmp_path: Path) -> None:
+    nodes = tmp_path / "nodes.toml"
+    key = tmp_path / "k.key"
+    key.write_text(os.urandom(32).hex() + "\n")
+    key.chmod(0o600)
+    port = free_port("127.0.0.2")
+    nodes.write_text(f'[nodes.sh]\nhost = "127.0.0.2"\nport = {port}\nkey_file = "k.key"\n')
+    r = run_cli(
+        "--listen", ":0", "--to", "127.0.0.1:22", "--nodes", str(nodes), "--dry-run", "--json",
+        "--probe-count", "2",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr  # the direct path is fine
+    doc = json.loads(r.stdout)
+    assert doc["chain"] == []
+    dead = {(s["from"], s["to"]) for s in doc["segments"] if s["dead"]}
+    assert ("local", "sh") in dead and ("sh", "127.0.0.1") in dead
+
+
+def test_serve_logs_decisions_and_stops_gracefully_on_sigterm(
+    tmp_path: Path, agents: Agents, echo: EchoServer
+) -> None:
+    port = free_port("127.0.0.1")
+    db = tmp_path / "history.db"
+    p = subprocess.Popen(
+        [PY, "-m", "linkscope.cli.auto", "--listen", f"127.0.0.1:{port}", "--to",
+         f"127.0.0.1:{echo.port}", "--nodes", str(agents.inventory_path), "--interval", "0.5",
+         "--probe-count", "3", "--db", str(db), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        _wait_port("127.0.0.1", port, timeout=20)
+        payload = os.urandom(256 * 1024)
+        got = asyncio.run(roundtrip(port, payload))
+        assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+        time.sleep(1.2)  # a couple of rounds
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=20)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, err
+    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and "listening" in kinds and kinds[-1] == "stop"
+    first = next(e for e in events if e["event"] == "decision")
+    assert first["kind"] == "initial" and first["chain"] == "direct" and first["reason"]
+    summary = json.loads(out)
+    # two clients: the readiness check (connects, closes) and the transfer
+    assert summary["connections"] == 2 and summary["rounds"] >= 2
+    assert summary["decisions"][0]["kind"] == "initial"
+    assert "Traceback" not in err
+
+
+def test_sigint_before_first_round_exits_cleanly(tmp_path: Path, agents: Agents) -> None:
+    port = free_port("127.0.0.1")
+    p = subprocess.Popen(
+        [PY, "-m", "linkscope.cli.auto", "--listen", f"127.0.0.1:{port}", "--to", "127.0.0.1:9",
+         "--nodes", str(agents.inventory_path), "--probe-count", "50"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        _wait_port("127.0.0.1", port, timeout=20)  # bound before probing
+        p.send_signal(signal.SIGINT)
+        _out, err = p.communicate(timeout=20)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, err
+    assert "event=stop" in err and "Traceback" not in err
+
+
+def test_history_records_decisions_and_plans(tmp_path: Path) -> None:
+    """Every decision but a plain keep is a row in the store; a change stores the plan too."""
+    from linkscope.cli.auto import DecisionLog, _open_store
+    from linkscope.inventory import Inventory
+    from linkscope.relay.auto import RoundSamples
+
+    db = tmp_path / "h.db"
+    store = _open_store(db)
+    assert store is not None
+    log = DecisionLog(stream=None, as_json=False, store=store, target="br:22", model="latency")
+    cfg = AutoConfig("198.18.0.9", 22, "br", Inventory(tmp_path, {}), model="latency")
+    relay = AutoRelay(cfg, prober=None, on_decision=log.decision)  # type: ignore[arg-type]
+    relay.feed(RoundSamples({("local", "br"): [10.0, 12.0]}, {}, 0.1))
+    relay.feed(RoundSamples({("local", "br"): [10.0, 12.0]}, {}, 0.1))  # a keep: not stored
+    relay.feed(RoundSamples({("local", "br"): [None, None]}, {}, 0.1))  # stranded
+    store.close()
+    assert log.store_errors == 0
+    from linkscope.store import Store
+
+    with Store(db) as s:
+        rows = s.decisions()
+        plans = s.plans()
+    assert [r["reason"].split(":")[0] for r in rows] == ["initial", "stranded"]
+    assert rows[0]["chain"] == "" and rows[0]["predicted"]["model"] == "latency"
+    assert rows[0]["predicted"]["predicted"]["rtt_ms"] == pytest.approx(11.0, abs=1.0)
+    assert rows[0]["observed"]["segments"][0]["to"] == "br"
+    assert len(plans) >= 1 and plans[0]["model"] == "latency" and plans[0]["target"] == "br"
