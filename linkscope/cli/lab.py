@@ -7,6 +7,7 @@ records it in /run/linkscope/<prefix>/state.json, which the other subcommands re
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -144,6 +145,9 @@ def exec_(
         command = command[1:]
     if not command:
         raise InputError("no command given: lab exec NODE -- CMD...")
+    if shutil.which(command[0]) is None:
+        print(f"linkscope: error: {command[0]}: command not found", file=sys.stderr)
+        raise typer.Exit(127)  # what a shell returns for a missing command
     argv = ["ip", "netns", "exec", lab.netns(node), *command]
     try:
         rc = subprocess.call(argv)

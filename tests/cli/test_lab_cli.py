@@ -96,6 +96,8 @@ def test_up_status_exec_down(tmp_path: Path) -> None:
         assert "20 packets transmitted" in res.stdout
         res = run("lab", "exec", "--prefix", prefix, "b", "--", "sh", "-c", "exit 7")
         assert res.returncode == 7
+        res = run("lab", "exec", "--prefix", prefix, "a", "--", "no-such-command-xyz")
+        assert res.returncode == 127 and "command not found" in res.stderr
         res = run("lab", "exec", "--prefix", prefix, "nope", "--", "true")
         assert res.returncode == 2 and "no node 'nope'" in res.stderr
 

@@ -199,7 +199,13 @@ def test_geoip_databases_cover_every_address(brazil_lab: Lab) -> None:
 
 
 def test_python_runs_inside_a_node(brazil_lab: Lab) -> None:
+    """The venv's python runs in a node with the repo importable (as agents are started)."""
     lab = brazil_lab
+    proc = lab.popen(
+        "sh", [sys.executable, "-m", "linkscope", "--version"], stdout=subprocess.PIPE, text=True
+    )
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and out.startswith("linkscope ")
     code = "import socket, linkscope.lab; print(socket.gethostbyname('br'))"
     proc = lab.popen("sh", [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     out, _ = proc.communicate(timeout=30)
