@@ -114,7 +114,7 @@ def probe(
     geoip: Path | None = typer.Option(None, "--geoip", help="Directory of GeoIP .mmdb files."),
     no_geo: bool = typer.Option(False, "--no-geo", help="No location/ASN lookups."),
     db: Path | None = typer.Option(None, "--db", help="History database (default: XDG data)."),
-    concurrency: int = typer.Option(64, "--concurrency", help="Targets probed at once."),
+    concurrency: int = typer.Option(256, "--concurrency", help="Targets probed at once."),
     json_out: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
     method: str = typer.Option("auto", "--method", hidden=True),
     tcp_method: str = typer.Option("auto", "--tcp-method", hidden=True),
