@@ -28,7 +28,7 @@ from linkscope.relay.net import (
     recv_exact,
     resolve,
 )
-from linkscope.relay.pump import DEFAULT_MODE, PumpMode, pump
+from linkscope.relay.pump import DEFAULT_MODE, PumpMode, PumpStats, pump, start_splice
 from linkscope.wire import (
     STATUS_LEN,
     ConnectLayer,
@@ -174,15 +174,30 @@ class Agent:
         hop.to(HopState.RELAYING)
         self.metrics.setup.observe(loop.time() - started)
         self.metrics.open.inc()
+        if self.config.mode == "splice":
+            # The pump runs on loop callbacks alone; this task ends here, so an idle relayed
+            # connection holds no coroutine frames (memory per connection, DESIGN.md).
+            relay = start_splice(conn, onward, idle_timeout=self.config.idle_timeout)
+            relay.add_done_callback(self._relayed)
+            self._listener.adopt(relay)
+            return
         try:
             stats = await pump(
                 conn, onward, mode=self.config.mode, idle_timeout=self.config.idle_timeout
             )
-            self.metrics.bytes.labels(direction="up").inc(stats.a_to_b)
-            self.metrics.bytes.labels(direction="down").inc(stats.b_to_a)
+            self._count_bytes(stats)
         finally:
             self.metrics.open.dec()
             hop.to(HopState.CLOSED)
+
+    def _relayed(self, relay: asyncio.Future[PumpStats]) -> None:
+        self.metrics.open.dec()
+        if not relay.cancelled():
+            self._count_bytes(relay.result())
+
+    def _count_bytes(self, stats: PumpStats) -> None:
+        self.metrics.bytes.labels(direction="up").inc(stats.a_to_b)
+        self.metrics.bytes.labels(direction="down").inc(stats.b_to_a)
 
     async def _connect_onward(self, layer: ConnectLayer) -> tuple[socket.socket, int]:
         """Connect to the allowed onward address; for a next hop, forward the inner frame and

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from linkscope.errors import Refused, RelayError, RemoteProtocolError
 from linkscope.relay.metrics import RelayMetrics
 from linkscope.relay.net import Listener, bind_listener, connect_address, recv_exact, resolve
-from linkscope.relay.pump import DEFAULT_MODE, PumpMode, pump
+from linkscope.relay.pump import DEFAULT_MODE, PumpMode, PumpStats, pump, start_splice
 from linkscope.wire import (
     STATUS_LEN,
     HopSpec,
@@ -284,12 +284,25 @@ class Entry:
         if self.on_up is not None:
             self.on_up(names)
         self.metrics.open.inc()
+        if self.mode == "splice":  # callbacks only from here on: no task per idle connection
+            relay = start_splice(client, upstream, idle_timeout=self.idle_timeout)
+            relay.add_done_callback(self._relayed)
+            self._listener.adopt(relay)
+            return
         try:
             stats = await pump(client, upstream, mode=self.mode, idle_timeout=self.idle_timeout)
-            self.metrics.bytes.labels(direction="up").inc(stats.a_to_b)
-            self.metrics.bytes.labels(direction="down").inc(stats.b_to_a)
+            self._count_bytes(stats)
         finally:
             self.metrics.open.dec()
+
+    def _relayed(self, relay: asyncio.Future[PumpStats]) -> None:
+        self.metrics.open.dec()
+        if not relay.cancelled():
+            self._count_bytes(relay.result())
+
+    def _count_bytes(self, stats: PumpStats) -> None:
+        self.metrics.bytes.labels(direction="up").inc(stats.a_to_b)
+        self.metrics.bytes.labels(direction="down").inc(stats.b_to_a)
 
 
 def _reason_label(exc: RelayError) -> str:

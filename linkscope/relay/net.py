@@ -11,6 +11,7 @@ import itertools
 import logging
 import socket
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from linkscope.relay.pump import tune_socket
 from linkscope.wire import NEED_DATA, Frame, FrameReader, Status, WireError
@@ -124,6 +125,7 @@ class Listener:
         self.max_connections = max_connections
         self._over_limit = over_limit
         self._tasks: set[asyncio.Task[None]] = set()
+        self._relays: set[asyncio.Future[Any]] = set()
         self._stopping = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
         self._ids = itertools.count(1)
@@ -137,7 +139,13 @@ class Listener:
 
     @property
     def active(self) -> int:
-        return len(self._tasks)
+        return len(self._tasks) + len(self._relays)
+
+    def adopt(self, relay: asyncio.Future[Any]) -> None:
+        """Track a connection that outlives its handler task (a started splice pump): it counts
+        towards ``max_connections``, is drained on ``stop()`` and cancelled after the grace."""
+        self._relays.add(relay)
+        relay.add_done_callback(self._relays.discard)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -156,12 +164,15 @@ class Listener:
             finally:
                 loop.remove_reader(self.sock.fileno())
                 self.sock.close()
-                if self._tasks:
+                pending: set[asyncio.Future[Any]] = {*self._tasks, *self._relays}
+                if pending:
                     with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                         async with asyncio.timeout(grace):
-                            await asyncio.wait(set(self._tasks))
+                            await asyncio.wait(pending)
                 for task in list(self._tasks):
                     task.cancel()
+                for relay in list(self._relays):
+                    relay.cancel()
 
     def _on_acceptable(self) -> None:
         assert self._tg is not None and self._coro_factory is not None
@@ -174,7 +185,7 @@ class Listener:
                 log.warning("%s: accept failed: %s", self.name, exc)
                 return
             self.accepted += 1
-            if len(self._tasks) >= self.max_connections:
+            if self.active >= self.max_connections:
                 if self._over_limit is not None:
                     self._over_limit(conn)
                 conn.close()

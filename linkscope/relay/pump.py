@@ -113,6 +113,11 @@ def _pool_for(loop: asyncio.AbstractEventLoop) -> PipePool:
 class _SpliceLeg:
     """One direction src -> dst of a spliced connection."""
 
+    __slots__ = (
+        "conn", "done", "dst", "dst_sock", "in_pipe", "moved", "pipe", "reading", "src",
+        "src_eof", "writing",
+    )  # fmt: skip
+
     def __init__(self, conn: _SpliceConn, src: socket.socket, dst: socket.socket) -> None:
         self.conn = conn
         self.src = src.fileno()
@@ -213,6 +218,11 @@ class _SpliceLeg:
 
 
 class _SpliceConn:
+    __slots__ = (
+        "_timer", "a", "active", "b", "closed", "done", "down", "idle_timeout", "loop", "pool",
+        "up",
+    )  # fmt: skip
+
     def __init__(
         self,
         a: socket.socket,
@@ -226,6 +236,7 @@ class _SpliceConn:
         self.up = _SpliceLeg(self, a, b)
         self.down = _SpliceLeg(self, b, a)
         self.done: asyncio.Future[PumpStats] = loop.create_future()
+        self.closed = False
         self.active = False
         self.idle_timeout = idle_timeout
         self._timer: asyncio.TimerHandle | None = None
@@ -235,9 +246,14 @@ class _SpliceConn:
         self.down.start()
         if self.idle_timeout:
             self._timer = self.loop.call_later(self.idle_timeout, self._check_idle)
+        self.done.add_done_callback(self._on_done)
+
+    def _on_done(self, fut: asyncio.Future[PumpStats]) -> None:
+        if fut.cancelled():  # the owner gave up on this connection: reset both sides
+            self._close(ConnectionAbortedError("cancelled"))
 
     def _check_idle(self) -> None:
-        if self.done.done():
+        if self.closed:
             return
         if not self.active:
             self.fail(TimeoutError(f"idle for {self.idle_timeout} s"))
@@ -254,8 +270,9 @@ class _SpliceConn:
         self._close(exc)
 
     def _close(self, exc: BaseException | None) -> None:
-        if self.done.done():
+        if self.closed:
             return
+        self.closed = True
         self.up.stop()
         self.down.stop()
         if self._timer is not None:
@@ -267,22 +284,38 @@ class _SpliceConn:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
         for sock in (self.a, self.b):
             sock.close()
-        error = (
-            None
-            if exc is None
-            else (errno.errorcode.get(getattr(exc, "errno", 0) or 0) or str(exc))
-        )
-        self.done.set_result(PumpStats(self.up.moved, self.down.moved, error))
+        if not self.done.done():
+            error = None if exc is None else (_errname(exc))
+            self.done.set_result(PumpStats(self.up.moved, self.down.moved, error))
+
+
+def _errname(exc: BaseException) -> str:
+    return errno.errorcode.get(getattr(exc, "errno", 0) or 0) or str(exc) or type(exc).__name__
+
+
+def start_splice(
+    a: socket.socket, b: socket.socket, *, idle_timeout: float | None = None
+) -> asyncio.Future[PumpStats]:
+    """Start a spliced connection and return its future, without a task.
+
+    An idle relayed connection then costs no coroutine frames at all (servers use this to keep
+    memory per connection low). Cancelling the future resets both sockets.
+    """
+    if not HAS_SPLICE:
+        raise ValueError("splice pump needs Linux and os.splice")
+    a.setblocking(False)
+    b.setblocking(False)
+    conn = _SpliceConn(a, b, asyncio.get_running_loop(), idle_timeout)
+    conn.start()
+    return conn.done
 
 
 async def _pump_splice(a: socket.socket, b: socket.socket, idle_timeout: float | None) -> PumpStats:
-    loop = asyncio.get_running_loop()
-    conn = _SpliceConn(a, b, loop, idle_timeout)
-    conn.start()
+    done = start_splice(a, b, idle_timeout=idle_timeout)
     try:
-        return await asyncio.shield(conn.done)
+        return await asyncio.shield(done)
     except asyncio.CancelledError:
-        conn.fail(ConnectionAbortedError("cancelled"))
+        done.cancel()
         raise
 
 
@@ -417,11 +450,7 @@ class _BufferedConn:
             if self._timer is not None:
                 self._timer.cancel()
             err = self._error
-            error = (
-                None
-                if err is None
-                else (errno.errorcode.get(getattr(err, "errno", 0) or 0) or str(err))
-            )
+            error = None if err is None else _errname(err)
             self.done.set_result(PumpStats(self.a.moved, self.b.moved, error))
 
 
@@ -478,5 +507,6 @@ __all__ = [
     "PumpMode",
     "PumpStats",
     "pump",
+    "start_splice",
     "tune_socket",
 ]
