@@ -106,7 +106,9 @@ def probe(
     attempts: int = typer.Option(3, "--attempts", help="TCP handshakes per port."),
     no_trace: bool = typer.Option(False, "--no-trace", help="Skip the traceroute."),
     protocol: str = typer.Option("icmp", "--protocol", help="Traceroute probes: icmp, udp, tcp."),
-    probes: int = typer.Option(3, "--probes", "-q", help="Traceroute probes per hop."),
+    probes: int = typer.Option(
+        5, "--probes", "-q", help="Traceroute probes per hop (all in flight at once)."
+    ),
     max_ttl: int = typer.Option(30, "--max-ttl", "-m", help="Traceroute's highest TTL."),
     numeric: bool = typer.Option(False, "--numeric", "-n", help="No reverse-DNS names."),
     ipv4: bool = typer.Option(False, "-4", help="Use IPv4 only."),
