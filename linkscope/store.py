@@ -181,8 +181,8 @@ class Run:
             "started": datetime.fromtimestamp(self.started_at)
             .astimezone()
             .isoformat(timespec="seconds"),
-            "loss": self.loss,
-            "rtt_p50_ms": self.rtt_p50_ms,
+            "loss": None if self.loss is None else round(self.loss, 4),
+            "rtt_p50_ms": None if self.rtt_p50_ms is None else round(self.rtt_p50_ms, 3),
             "reached": self.reached,
             "hops": self.hops,
             "verdict": self.verdict,
