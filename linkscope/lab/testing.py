@@ -27,12 +27,30 @@ def _require_lab() -> None:
         pytest.skip("needs root, iproute2 and /dev/net/tun for the lab")
 
 
+_shared: dict[str, Lab] = {}
+_users: dict[str, int] = {}
+
+
 @pytest.fixture(scope="session")
 def brazil_lab() -> Iterator[Lab]:
-    """The Brazil scenario (data/topologies/brazil.toml), up for the whole session."""
+    """The Brazil scenario (data/topologies/brazil.toml), up for the whole session.
+
+    One lab per process even when several conftest.py files import this fixture (pytest then
+    holds one fixture definition per directory): the first user builds it, the last removes it.
+    """
     _require_lab()
-    with Lab(BRAZIL) as lab:
+    lab = _shared.get("brazil")
+    if lab is None or not lab.is_up:
+        lab = Lab(BRAZIL).up()
+        _shared["brazil"] = lab
+    _users["brazil"] = _users.get("brazil", 0) + 1
+    try:
         yield lab
+    finally:
+        _users["brazil"] -= 1
+        if _users["brazil"] == 0:
+            _shared.pop("brazil", None)
+            lab.down()
 
 
 @pytest.fixture
