@@ -485,18 +485,27 @@ def save(fig: Figure, path: str | os.PathLike[str], dpi: int = 110) -> Path:
 
 # -- plots -----------------------------------------------------------------------------------------
 def plot_rtt_loss(
-    pings: pd.DataFrame, targets: Sequence[str] | None = None, *, into: Any = None
+    pings: pd.DataFrame,
+    targets: Sequence[str] | None = None,
+    *,
+    tz: str = "UTC",
+    into: Any = None,
 ) -> Figure:
     """RTT (every reply, median per run) and loss per run over time, one colour per target.
 
-    Takes ``load_pings``' frame. Loss is the fraction of a run's echo requests lost. ``into``
-    (here and in every plot): a Figure or SubFigure to draw in instead of a new Figure.
+    Takes ``load_pings``' frame. Loss is the fraction of a run's echo requests lost. Times are
+    shown in ``tz`` (an IANA zone name). ``into`` (here and in every plot): a Figure or
+    SubFigure to draw in instead of a new Figure.
     """
     _require(pings, ("run_id", "target", "started_at", "rtt_ms", "lost"), "RTT/loss plot")
     if targets is not None:
         pings = pings[pings["target"].isin(list(targets))]
         if pings.empty:
             raise NoData(f"RTT/loss plot: no samples for {', '.join(targets)}")
+    try:
+        pings = pings.assign(started_at=pings["started_at"].dt.tz_convert(tz))
+    except Exception as exc:  # pandas raises several types for a bad zone name
+        raise InputError(f"RTT/loss plot: unknown time zone {tz!r}") from exc
     runs = (
         pings.groupby(["target", "run_id"], sort=False)
         .agg(started_at=("started_at", "first"), rtt_p50_ms=("rtt_ms", "median"),
@@ -523,12 +532,13 @@ def plot_rtt_loss(
     ax_loss.set_ylabel("loss per run (%)")
     ax_loss.set_ylim(0, max(5.0, float(100 * runs["loss"].max()) * 1.15))
     ax_loss.grid(alpha=0.3)
-    ax_loss.set_xlabel("time (UTC)")
+    ax_loss.set_xlabel(f"time ({tz})")
     from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 
-    locator = AutoDateLocator()  # type: ignore[no-untyped-call]
+    zone = pings["started_at"].dt.tz
+    locator = AutoDateLocator(tz=zone)  # type: ignore[no-untyped-call]
     ax_loss.xaxis.set_major_locator(locator)
-    ax_loss.xaxis.set_major_formatter(ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
+    ax_loss.xaxis.set_major_formatter(ConciseDateFormatter(locator, tz=zone))  # type: ignore[no-untyped-call]
     return root
 
 
@@ -714,8 +724,9 @@ def plot_path_map(
             label=f"measured path: {path_km:,.0f} km")  # fmt: skip
     ax.scatter(lons, lats, s=40, color=DIRECT_COLOUR, zorder=3)
     for i, (lon, lat, p) in enumerate(zip(lons, lats, pts, strict=True)):
-        ax.annotate(f"{i}. {p[2]}", (lon, lat), xytext=(5, 5), textcoords="offset points",
-                    fontsize="small")  # fmt: skip
+        below = i % 2 == 1  # alternate sides: neighbouring cities' labels do not overlap
+        ax.annotate(f"{i}. {p[2]}", (lon, lat), xytext=(6, -12 if below else 6),
+                    textcoords="offset points", fontsize="small")  # fmt: skip
     pad = 12.0
     ax.set_xlim(min(lons + c_lons) - pad, max(lons + c_lons) + pad)
     ax.set_ylim(max(-90.0, min(lats + c_lats) - pad), min(90.0, max(lats + c_lats) + pad))

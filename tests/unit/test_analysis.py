@@ -318,6 +318,11 @@ def test_plot_rtt_loss_over_time(history: dict[str, Any]) -> None:
     assert [float(v) for v in cast(Any, loss_line.get_ydata())] == pytest.approx(expected)
     with pytest.raises(NoData, match="no samples for mars"):
         analysis.plot_rtt_loss(pings, targets=["mars"])
+    local = analysis.plot_rtt_loss(pings, targets=["br"], tz="Asia/Shanghai")
+    assert local.axes[1].get_xlabel() == "time (Asia/Shanghai)"
+    assert_renders(local)
+    with pytest.raises(InputError, match="unknown time zone 'Mars/Olympus'"):
+        analysis.plot_rtt_loss(pings, tz="Mars/Olympus")
 
 
 def test_plot_ping_samples_marks_lost_requests(history: dict[str, Any]) -> None:
