@@ -147,11 +147,14 @@ class Lab:
         self._emulator_pid: int | None = None
         self._emulator_start: int | None = None
         self._current: dict[tuple[str, str], LinkParams] = {}
+        self._reset_params()
+        self._up = False
+        self._lock = threading.Lock()
+
+    def _reset_params(self) -> None:
         for link in self.topology.links:
             self._current[(link.a, link.b)] = link.a_to_b
             self._current[(link.b, link.a)] = link.b_to_a
-        self._up = False
-        self._lock = threading.Lock()
 
     # -- naming ------------------------------------------------------------------------------
     @property
@@ -229,7 +232,13 @@ class Lab:
             or self.run_dir.exists()
         ):
             raise LabError(f"lab prefix {self.prefix!r} is already in use")
-        self.run_dir.mkdir(parents=True)
+        try:
+            self.run_dir.mkdir(parents=True)
+        except FileExistsError:
+            raise LabError(f"lab prefix {self.prefix!r} is already in use") from None
+        except OSError as exc:
+            raise LabError(f"cannot create {self.run_dir}: {exc.strerror}") from exc
+        self._reset_params()
         self._write_state("creating")
         try:
             self._create_namespaces()
@@ -244,9 +253,11 @@ class Lab:
             write_geoip(self.topology, self.addressing, self.geoip_dir)
             self._up = True
             self._write_state("up")
-        except BaseException:
+        except BaseException as exc:
             self._up = True
             self.down()
+            if isinstance(exc, OSError):
+                raise LabError(f"lab bring-up failed: {exc}") from exc
             raise
         if not self.detached:
             _register_cleanup(self)
