@@ -11,7 +11,7 @@ Every figure is measured in the same run and printed as a ratio against its anch
 * new connections per second through 1 hop (the server closes first);
 * RSS per idle relayed connection (1,000 idle connections, agent RSS delta).
 
-Usage: .venv/bin/python bench/relay.py [--seconds 3] [--out bench/results/relay.md]
+Usage: .venv/bin/python bench/relay.py [--seconds 3] [--rounds 3] [--out bench/results/relay.md]
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import asyncio
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -298,6 +299,7 @@ def idle_rss(c: Chain, port: int, n: int = 1000) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--rounds", type=int, default=3, help="median over this many rounds")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     t = args.seconds
@@ -312,20 +314,34 @@ def main() -> None:
                               stdout=subprocess.DEVNULL)  # fmt: skip
     wait_port("127.0.0.1", iperf_port)
     kinds = ["linkscope-splice", "linkscope-buffered", "haproxy", "socat"]
-    res: dict[tuple[str, int, int], tuple[float, float]] = {}
+    runs: dict[tuple[str, int, int], list[tuple[float, float]]] = {}
+    d1: list[float] = []
+    d8: list[float] = []
     try:
-        direct1 = iperf(iperf_port, 1, t)
-        direct8 = iperf(iperf_port, 8, t)
-        for kind in kinds:
-            for hops in (1, 3):
-                with chain(kind, hops, iperf_port) as c:
-                    for streams in (1, 8) if hops == 1 else (1,):
-                        res[(kind, hops, streams)] = throughput(c, c.entry_port, streams, t)
+        # Rounds interleave every configuration, so load from other work on the machine spreads
+        # over all of them; each figure is the median over the rounds.
+        for _ in range(args.rounds):
+            d1.append(iperf(iperf_port, 1, t))
+            d8.append(iperf(iperf_port, 8, t))
+            for kind in kinds:
+                for hops in (1, 3):
+                    with chain(kind, hops, iperf_port) as c:
+                        for streams in (1, 8) if hops == 1 else (1,):
+                            runs.setdefault((kind, hops, streams), []).append(
+                                throughput(c, c.entry_port, streams, t)
+                            )
     finally:
         server.terminate()
         server.wait()
+    direct1, direct8 = statistics.median(d1), statistics.median(d8)
+    res = {
+        key: (statistics.median([g for g, _ in v]), statistics.median([c for _, c in v]))
+        for key, v in runs.items()
+    }
 
-    say(f"nproc={os.cpu_count()}, iperf3 -t {t:g}; direct loopback: -P1 {direct1:.1f} Gbit/s, "
+    say(f"nproc={os.cpu_count()}, iperf3 -t {t:g}, median of {args.rounds} interleaved rounds; "
+        f"load average at the end {os.getloadavg()[0]:.1f}")  # fmt: skip
+    say(f"direct loopback: -P1 {direct1:.1f} Gbit/s, "
         f"-P8 {direct8:.1f} Gbit/s")  # fmt: skip
     say("")
     say(

@@ -104,13 +104,18 @@ class Agent:
         with contextlib.suppress(OSError):
             conn.send(encode_status(Status.BUSY))
 
-    def _count_refusal(self, code: Status) -> None:
+    def _count_refusal(self, code: Status, downstream: bool = False) -> None:
+        """Own refusals by reason; refusals passed back from further down as ``downstream_*``."""
+        if downstream:
+            self.metrics.refused.labels(reason=f"downstream_{code.name.lower()}").inc()
+            return
         self.refusals[code] = self.refusals.get(code, 0) + 1
         self.metrics.refused.labels(reason=code.name.lower()).inc()
 
     async def _refuse(self, conn: socket.socket, code: int, depth: int = 0) -> None:
         """Send the refusal, then drain briefly so unread input does not turn it into a RST."""
-        self._count_refusal(Status(code) if code in Status._value2member_map_ else Status.INTERNAL)
+        known = Status(code) if code in Status._value2member_map_ else Status.INTERNAL
+        self._count_refusal(known, downstream=depth > 0)
         loop = asyncio.get_running_loop()
         try:
             conn.send(bytes([code, depth]))
