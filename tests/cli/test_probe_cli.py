@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -289,3 +290,27 @@ def test_ctrl_c_prints_and_stores_partial_results(tmp_path: Path) -> None:
     hist = doc(run(["history", "--db", str(db), "--json"], tmp_path))
     (stored,) = hist["runs"]
     assert stored["interrupted"] is True
+
+
+@pytest.mark.root
+def test_results_stream_as_they_complete(tmp_path: Path) -> None:
+    """A fast target is printed while a silent one is still waiting; JSON keeps input order."""
+    args = ["probe", SILENT, "127.0.0.1", "-c", "3", "-i", "0.05", "-W", "0.8", "-n"]
+    rich = run(args, tmp_path, netns=NETNS)
+    assert rich.returncode == 1
+    assert rich.stdout.index("127.0.0.1") < rich.stdout.index(SILENT)
+    as_json = doc(run([*args, "--json"], tmp_path, netns=NETNS))
+    assert [r["target"] for r in as_json] == [SILENT, "127.0.0.1"]
+
+
+@pytest.mark.root
+@pytest.mark.skipif(shutil.which("script") is None, reason="needs script(1) for a terminal")
+def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
+    cmd = f"{PY} -m linkscope probe 127.0.0.1 127.0.0.2 -c 10 -i 0.05 -n --db {tmp_path}/h.db"
+    proc = subprocess.run(
+        ["script", "-qec", cmd, "/dev/null"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0
+    assert "probing" in proc.stdout and "/2" in proc.stdout  # rich's bar with its M/N counter
+    plain = run(["probe", "127.0.0.1", "-c", "2", "-n"], tmp_path)
+    assert "probing" not in plain.stderr  # no bar when stderr is not a terminal
