@@ -154,6 +154,7 @@ async def test_probe_via_agent(make_agent: AgentFactory, echo: EchoServer) -> No
     ok, refused = result["results"]
     assert ok["address"] == "127.0.0.1" and "error" not in ok
     assert ok["tcp"][0]["port"] == port and ok["tcp"][0]["ok"] == 2
+    assert ok["ping"]["sent"] == 2 and ok["ping"]["received"] == 2  # linkscope.probe.ping
     assert refused["error"] == "not allowed" and refused["tcp"] == []
 
 

@@ -33,6 +33,7 @@ from linkscope.wire import (
     nesting_depth,
     parse_allow_rule,
     parse_frame,
+    time_ms,
     verify_frame,
 )
 
@@ -236,11 +237,11 @@ def test_bad_allow_rules_raise_value_error(bad: str) -> None:
 def test_policy_admits_once_then_refuses_replay() -> None:
     policy = HopPolicy(KEY, allow=Allowlist.parse(["127.0.0.1/32"]))
     frame = parse_frame(build_connect(KEY, "127.0.0.1", 22))
-    layer = policy.admit(frame, int(__import__("time").time() * 1000))
+    layer = policy.admit(frame, time_ms())
     assert isinstance(layer, ConnectLayer)
     policy.check_target(layer, "127.0.0.1")
     with pytest.raises(WireError) as err:
-        policy.admit(frame, int(__import__("time").time() * 1000))
+        policy.admit(frame, time_ms())
     assert err.value.code is Status.REPLAY
     with pytest.raises(WireError) as err:
         policy.check_target(layer, "127.0.0.2")
