@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from linkscope.errors import InputError
+from linkscope.errors import InputError, LinkscopeError
 
 if TYPE_CHECKING:  # pandas and matplotlib are the ``analysis`` extra: imported when used
     import pandas as pd
@@ -975,6 +975,43 @@ def render_demo_figure(
     return _stack(parts, path)
 
 
+def parse_source(text: str) -> tuple[float, float, str]:
+    """``LAT,LON[,LABEL]`` (degrees) as ``plot_path_map``'s ``source``; InputError otherwise."""
+    parts = [p.strip() for p in text.split(",", 2)]
+    try:
+        lat, lon = float(parts[0]), float(parts[1])
+    except (IndexError, ValueError):
+        raise InputError(f"--source: expected LAT,LON[,LABEL] in degrees, not {text!r}") from None
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        raise InputError(f"--source: {lat},{lon} is not a place on Earth")
+    return lat, lon, parts[2] if len(parts) > 2 and parts[2] else "source"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m linkscope.analysis HISTORY_DB OUT.png [--target T] [--source LAT,LON,LABEL]``:
+    write the demo figure (``render_demo_figure``). Errors: one line, exit status 2."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="python -m linkscope.analysis",
+        description="Draw the demo figure of a linkscope history database.",
+    )
+    parser.add_argument("history_db", help="the history database (linkscope probe --db)")
+    parser.add_argument("out", help="the picture to write (.png, .svg, .pdf)")
+    parser.add_argument("--target", help="the target to draw (default: the latest probed)")
+    parser.add_argument("--source", help="where the path starts: LAT,LON[,LABEL]")
+    args = parser.parse_args(argv)
+    try:
+        source = parse_source(args.source) if args.source else None
+        out = render_demo_figure(args.history_db, args.out, args.target, source=source)
+    except LinkscopeError as exc:
+        print(f"linkscope: error: {exc}", file=sys.stderr)
+        return int(exc.exit_status)
+    print(out)
+    return 0
+
+
 __all__ = [
     "DECISIONS_COLUMNS",
     "EDGES_COLUMNS",
@@ -991,6 +1028,8 @@ __all__ = [
     "load_plans",
     "load_probes",
     "load_traces",
+    "main",
+    "parse_source",
     "pings_frame",
     "plan_frame",
     "plot_delay_cdf",
@@ -1007,3 +1046,7 @@ __all__ = [
     "save",
     "to_png",
 ]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -15,6 +15,8 @@ import itertools
 import json
 import math
 import random
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -120,7 +122,7 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
             written["probes"].append(r)
         # a real probe on loopback (its own time), and a standalone trace
         real = asyncio.run(probe_target("127.0.0.1", count=4, interval=0.01, timeout=0.5,
-                                        with_trace=False))  # fmt: skip
+                                        probes=2, max_ttl=4, trace_timeout=0.5))  # fmt: skip
         store.record_probe(real)
         written["probes"].append(real)
         written["trace_id"] = store.record_trace(written["probes"][0].trace, "br-standalone")
@@ -204,11 +206,14 @@ def test_load_traces_one_row_per_hop_per_run(history: dict[str, Any]) -> None:
     assert list(df.columns) == list(analysis.TRACES_COLUMNS)
     assert dtypes(df) == dict(analysis.TRACES_COLUMNS)
     hops_each = len(history["probes"][0].trace.hops)
-    assert len(df) == (BR_RUNS + 1) * hops_each  # six probe traces and one standalone
-    assert df["trace_id"].nunique() == BR_RUNS + 1
+    real = history["probes"][-1].trace
+    real_hops = 0 if real is None else len(real.hops)
+    # six probe traces of br, one standalone copy, and the real loopback probe's trace
+    assert len(df) == (BR_RUNS + 1) * hops_each + real_hops
+    assert df["trace_id"].nunique() == BR_RUNS + 1 + (real is not None)
     standalone = df[df["trace_id"] == history["trace_id"]]
     assert standalone["run_id"].isna().all() and (standalone["target"] == "br-standalone").all()
-    in_probe = df[df["run_id"].notna()]
+    in_probe = df[df["run_id"].notna() & (df["target"] == "br")]
     assert in_probe["run_id"].nunique() == BR_RUNS
     first = df[df["trace_id"] == df["trace_id"].min()].sort_values("ttl")
     assert list(first["ttl"]) == [1, 2, 3, 4]
@@ -469,6 +474,15 @@ def test_plot_for_probe_writes_a_png(history: dict[str, Any], tmp_path: Path) ->
     assert not (tmp_path / "x.png").exists()
 
 
+def test_plot_helpers_take_a_real_loopback_probe(history: dict[str, Any], tmp_path: Path) -> None:
+    real = history["probes"][-1]
+    assert real.target == "127.0.0.1" and real.ping.sent == 4
+    out = analysis.plot_for_probe(real.to_dict(), tmp_path / "loopback.png")
+    is_png(out.read_bytes())
+    if real.trace is not None:  # a 1-hop trace; no location, so no map panel
+        is_png(analysis.plot_for_trace(real.trace.to_dict(), tmp_path / "lt.png").read_bytes())
+
+
 def test_plot_for_trace_and_plan_write_pngs(history: dict[str, Any], tmp_path: Path) -> None:
     trace = history["probes"][0].trace.to_dict()
     is_png(analysis.plot_for_trace(trace, tmp_path / "trace.png").read_bytes())
@@ -499,3 +513,55 @@ def test_render_demo_figure(history: dict[str, Any], tmp_path: Path) -> None:
     Store.open(empty).close()
     with pytest.raises(NoData, match="nothing to draw"):
         analysis.render_demo_figure(empty, tmp_path / "e.png")
+
+
+def run_module(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "linkscope.analysis", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_module_cli_writes_the_demo_figure(history: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "demo.png"
+    res = run_module(str(history["path"]), str(out), "--target", "br",
+                     "--source", "39.08,117.2,home (Tianjin)")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == str(out)
+    is_png(out.read_bytes())
+
+
+BAD_CLI_INPUT = [
+    (["{tmp}/missing.db", "{tmp}/x.png"], "no history database at"),
+    (["{tmp}/not-sqlite.db", "{tmp}/x.png"], "corrupt or not SQLite"),
+    (["{tmp}/empty.db", "{tmp}/x.png"], "nothing to draw"),
+    (["{db}", "{tmp}/x.png", "--source", "91,0"], "is not a place on Earth"),
+    (["{db}", "{tmp}/x.png", "--source", "north"], "expected LAT,LON"),
+    (["{db}", "{tmp}/no-dir/x.png", "--target", "br"], "cannot write plot"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_CLI_INPUT)
+def test_module_cli_bad_input_is_one_line_exit_2(
+    history: dict[str, Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
+) -> None:
+    (tmp_path / "not-sqlite.db").write_text("hello\n" * 100)
+    Store.open(tmp_path / "empty.db").close()
+    argv = [a.format(tmp=tmp_path, db=history["path"]) for a in args]
+    assert analysis.main(argv) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("linkscope: error: ") and message in lines[0]
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_module_cli_error_as_a_process(tmp_path: Path) -> None:
+    res = run_module(str(tmp_path / "missing.db"), str(tmp_path / "x.png"))
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr == f"linkscope: error: no history database at {tmp_path / 'missing.db'}\n"
