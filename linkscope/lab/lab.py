@@ -86,6 +86,13 @@ class LinkStats:
         }
 
 
+def check_prefix(prefix: str) -> str:
+    """``prefix`` if it is a valid lab prefix (it names files and namespaces), else InputError."""
+    if not PREFIX_RE.match(prefix):
+        raise InputError(f"bad lab prefix {prefix!r}: use 'ls' + 1-10 of [a-z0-9]")
+    return prefix
+
+
 def new_prefix() -> str:
     return "ls" + secrets.token_hex(3)
 
@@ -135,9 +142,7 @@ class Lab:
             self.topology = topology
         else:
             self.topology = load_topology(topology)
-        self.prefix = prefix or new_prefix()
-        if not PREFIX_RE.match(self.prefix):
-            raise InputError(f"bad lab prefix {self.prefix!r}: use 'ls' + 1-10 of [a-z0-9]")
+        self.prefix = check_prefix(prefix) if prefix is not None else new_prefix()
         self.run_root = run_root or RUN_ROOT
         self.detached = detached
         self.emulator_loop = emulator_loop
@@ -669,7 +674,7 @@ class Lab:
                     f"several labs are running ({', '.join(sorted(pick))}); pick one with --prefix"
                 )
             prefix = pick[0]
-        state = read_state(root, prefix)
+        state = read_state(root, check_prefix(prefix))
         if state is None:
             raise LabError(f"no lab {prefix!r} is running")
         topo = parse_topology(state["topology"], state.get("source"))
@@ -751,6 +756,8 @@ def _parallel_batches(cmds: Mapping[str, Sequence[str]]) -> None:
 
 
 def read_state(run_root: Path, prefix: str) -> dict[str, Any] | None:
+    if not PREFIX_RE.match(prefix):
+        return None
     try:
         data: dict[str, Any] = json.loads((run_root / prefix / STATE_FILE).read_text())
     except (OSError, ValueError):
@@ -847,6 +854,7 @@ def teardown_prefix(
     prefix: str, run_root: Path | None = None, *, emulator: subprocess.Popen[bytes] | None = None
 ) -> None:
     """Remove every trace of lab ``prefix``: processes, emulator, namespaces, files."""
+    check_prefix(prefix)
     root = run_root or RUN_ROOT
     names = [n for n in nsops.list_netns() if n.startswith(prefix + "-")]
     inodes = {i for i in (nsops.netns_inode(n) for n in names) if i is not None}
@@ -920,6 +928,7 @@ def _unregister_cleanup(lab: Lab) -> None:
 __all__ = [
     "Lab",
     "LinkStats",
+    "check_prefix",
     "find_labs",
     "lab_is_orphaned",
     "new_prefix",

@@ -53,6 +53,21 @@ def test_missing_topology_file_exits_2(tmp_path: Path) -> None:
     assert "cannot read topology" in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("lab", "down", "--prefix", "../../etc"), "bad lab prefix"),
+        (("lab", "status", "--prefix", "ls/x"), "bad lab prefix"),
+        (("lab", "up", "data/topologies/brazil.toml", "--prefix", "Nope"), "bad lab prefix"),
+        (("lab", "exec", "home"), "Missing argument"),
+    ],
+)
+def test_bad_arguments_exit_2(args: tuple[str, ...], message: str) -> None:
+    res = run(*args)
+    assert res.returncode == 2, res.stderr
+    assert message in res.stderr and "Traceback" not in res.stderr
+
+
 def test_lab_help_lists_commands() -> None:
     res = run("lab", "--help")
     assert res.returncode == 0
