@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from linkscope.probe.models import Hop, PingStats, ProbeResult, TcpAttempt, TcpRtt, Trace
 from linkscope.probe.verdict import latency_jump, loss_origin, verdict
@@ -147,3 +149,44 @@ def test_latency_jump_needs_to_dominate() -> None:
     assert found is not None
     h, prev, rise = found
     assert h.ttl == 4 and prev is not None and prev.ttl == 3 and rise == pytest.approx(185.0)
+
+
+rtt = st.one_of(st.none(), st.floats(min_value=0.0, max_value=5000.0, allow_nan=False))
+
+
+@st.composite
+def results(draw: st.DrawFn) -> ProbeResult:
+    p = PingStats(
+        "t",
+        ADDR,
+        draw(st.sampled_from(["icmp-raw", "tcp-connect"])),
+        tuple(draw(st.lists(rtt, min_size=1, max_size=12))),
+    )
+    hops = []
+    for ttl in range(1, draw(st.integers(0, 6)) + 1):
+        addr = draw(st.one_of(st.none(), st.just(f"198.18.0.{ttl}")))
+        sent = draw(st.integers(1, 5))
+        rtts = () if addr is None else tuple(draw(st.lists(st.floats(0.0, 5000.0), max_size=sent)))
+        hops.append(Hop(ttl, addr, sent, rtts))
+    tr = draw(
+        st.one_of(
+            st.none(), st.just(Trace("t", ADDR, "icmp", tuple(hops), reached=draw(st.booleans())))
+        )
+    )
+    status = st.sampled_from(["ok", "refused", "timeout", "error"])
+    attempts = tuple(
+        TcpAttempt(s, 1.0 if s in ("ok", "refused") else None)
+        for s in draw(st.lists(status, max_size=3))
+    )
+    tcp = (TcpRtt(ADDR, 22, "syn", attempts),) if attempts else ()
+    inflation = draw(st.one_of(st.none(), st.floats(0.5, 10.0)))
+    return ProbeResult("t", ADDR, p, tcp, tr, inflation=inflation)
+
+
+@given(results())
+def test_verdict_is_always_one_line_with_a_level(res: ProbeResult) -> None:
+    line = verdict(res)
+    assert "\n" not in line and line
+    level = line.split(":", 1)[0]
+    assert level in ("good", "fair", "poor", "bad", "unreachable")
+    assert (level == "unreachable") == (not res.reachable)
