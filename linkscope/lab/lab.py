@@ -49,6 +49,7 @@ PREFIX_RE = re.compile(r"^ls[a-z0-9]{1,10}$")
 NETNS_RE = re.compile(r"^(ls[a-z0-9]{1,10})-[a-z][a-z0-9-]*$")
 EMULATOR_MODULE = "linkscope.lab.emulator"
 STATE_FILE = "state.json"
+HOSTS_MARKER = "# linkscope lab"
 SETTABLE = ("delay_ms", "jitter_ms", "loss", "rate_mbit", "queue_ms")
 
 Direction = Literal["both", "a->b", "b->a"]
@@ -477,7 +478,7 @@ class Lab:
                     )
 
     def _write_hosts(self) -> None:
-        lines = ["127.0.0.1\tlocalhost"]
+        lines = [f"{HOSTS_MARKER} {self.prefix}", "127.0.0.1\tlocalhost"]
         lines += [f"{self.addressing.main[n]}\t{n} {n}.lab" for n in self.nodes]
         hosts = "\n".join(lines) + "\n"
         resolv = "# linkscope lab: no DNS server inside the lab; names come from hosts\n"
@@ -790,22 +791,31 @@ def _emulator_pids(run_root: Path, prefix: str | None = None) -> dict[int, str]:
 
 
 def find_labs(run_root: Path | None = None) -> dict[str, dict[str, Any] | None]:
-    """Every lab prefix with something left on this machine -> its state (None if lost)."""
+    """Every lab prefix with something left on this machine -> its state (None if lost).
+
+    A namespace alone never makes a lab: its prefix must also have a run dir, an /etc/netns
+    entry carrying our hosts-file marker, or an emulator process, so a namespace someone else
+    happened to name ``ls...-x`` is left alone.
+    """
     root = run_root or RUN_ROOT
     prefixes: set[str] = set()
     with contextlib.suppress(OSError):
         prefixes |= {p.name for p in root.iterdir() if PREFIX_RE.match(p.name)}
-    for name in nsops.list_netns():
-        m = NETNS_RE.match(name)
-        if m:
-            prefixes.add(m.group(1))
     with contextlib.suppress(OSError):
         for p in ETC_NETNS.iterdir():
             m = NETNS_RE.match(p.name)
-            if m:
+            if m and _has_marker(p / "hosts"):
                 prefixes.add(m.group(1))
     prefixes |= set(_emulator_pids(root).values())
     return {p: read_state(root, p) for p in sorted(prefixes)}
+
+
+def _has_marker(hosts: Path) -> bool:
+    try:
+        with hosts.open(encoding="utf-8", errors="replace") as fh:
+            return fh.readline().startswith(HOSTS_MARKER)
+    except OSError:
+        return False
 
 
 def lab_is_orphaned(state: dict[str, Any] | None) -> bool:
