@@ -35,3 +35,12 @@ def test_random_topology_routes_follow_the_plan(lab_factory) -> None:  # type: i
     seen = [line.split()[1] for line in res.stdout.splitlines()[1:]]
     want_hops = [lab.link_address(y, x) for x, y in itertools.pairwise(path[:-1])]
     assert seen == [*want_hops, lab.address(far)]
+
+
+def test_every_interface_address_is_reachable(lab_factory) -> None:  # type: ignore[no-untyped-def]
+    lab: Lab = lab_factory(random_topology(8, seed=21, degree=2, max_loss=0.0))
+    addrs = [i.address for n in lab.nodes for i in lab.interfaces(n)]
+    res = lab.exec("n3", ["fping", "-q", "-c", "2", "-p", "20", "-t", "5000", *addrs], timeout=60)
+    summary = {line.split()[0]: line for line in res.stderr.splitlines() if " : " in line}
+    assert set(summary) == set(addrs)
+    assert all("2/2/0%" in line for line in summary.values()), res.stderr
