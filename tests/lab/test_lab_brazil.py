@@ -309,3 +309,16 @@ s.recv(1)
 
 def test_brazil_file_is_what_the_fixture_runs(brazil_lab: Lab) -> None:
     assert brazil_lab.topology.links == load_topology(BRAZIL).links
+
+
+def test_mtr_sees_no_false_loss_at_a_clean_hop(brazil_lab: Lab) -> None:
+    """icmp_ratelimit = 0: 20 probes/s to hop sh (behind the clean home-sh line) all answered;
+    the kernel default (1 error per second per destination after a burst) would drop most."""
+    lab = brazil_lab
+    assert lab.path("home", "mx") == ["home", "sh", "mx"]
+    res = lab.exec("home", ["mtr", "-n", "-r", "-c", "60", "-i", "0.05", "mx"], timeout=60)
+    assert res.returncode == 0, res.stderr
+    hop1 = next(line for line in res.stdout.splitlines() if line.strip().startswith("1."))
+    fields = hop1.split()
+    assert fields[1] == lab.link_address("sh", "home")
+    assert fields[2] == "0.0%", res.stdout
