@@ -280,7 +280,11 @@ def test_ctrl_c_prints_and_stores_partial_results(tmp_path: Path) -> None:
         text=True,
         env=env,
     )
-    time.sleep(1.5)
+    # the database opens just before the event loop (and its SIGINT handler) starts
+    deadline = time.monotonic() + 30
+    while not db.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 130, err
