@@ -492,6 +492,8 @@ class Lab:
     def _wrap(self, node: str, argv: Sequence[str]) -> list[str]:
         if isinstance(argv, str):
             raise InputError("argv must be a list of strings, not a string")
+        if not self._up:
+            raise LabError(f"lab {self.prefix} is not up")
         return [_ip_bin(), "netns", "exec", self.netns(node), *argv]
 
     def exec(

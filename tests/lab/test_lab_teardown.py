@@ -70,6 +70,8 @@ def test_down_removes_everything_including_untracked_processes() -> None:
     for pid in daemons:
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
     lab.down()  # idempotent
+    with pytest.raises(LabError, match="not up"):
+        lab.exec("a", ["true"])
 
 
 def test_veth_only_lab(tmp_path: Path) -> None:
