@@ -45,7 +45,8 @@ def test_hop_list_equals_traceroute(brazil_lab: Lab, tmp_path: object) -> None:
     ref = brazil_lab.exec("home", ["traceroute", "-n", "-q", str(PROBES), br], timeout=120)
     assert ref.returncode == 0, ref.stderr
     expected = _traceroute_hops(ref.stdout)
-    for protocol in ("icmp", "udp"):
+    variants = [["-P", "icmp"], ["-P", "udp"], ["-P", "tcp"], ["--method", "datagram"]]
+    for variant in variants:  # the last: the unprivileged mode (UDP sockets + IP_RECVERR)
         ours = _linkscope(
             brazil_lab,
             "trace",
@@ -53,15 +54,14 @@ def test_hop_list_equals_traceroute(brazil_lab: Lab, tmp_path: object) -> None:
             "-n",
             "-q",
             str(PROBES),
-            "-P",
-            protocol,
+            *variant,
             "--json",
             "--no-geo",
             "--db",
             f"{tmp_path}/h.db",
         )
         assert ours["reached"], ours
-        assert [h["address"] for h in ours["hops"]] == expected, (protocol, ref.stdout, ours)
+        assert [h["address"] for h in ours["hops"]] == expected, (variant, ref.stdout, ours)
     # and the path is the one the lab routes: home -> bj -> us -> br
     assert len(expected) == len(brazil_lab.path("home", "br")) - 1
 
