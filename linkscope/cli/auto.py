@@ -81,7 +81,7 @@ class LiveProber:
         from linkscope.probe import PingStats
         from linkscope.relay.entry import probe_via_agent
 
-        budget = self.count * self.interval + self.timeout + 2.0
+        budget = self.count * self.interval + self.timeout + 1.0
         doc = await probe_via_agent(node, list(hosts), (), self.count, timeout=budget)
         out: dict[str, list[float | None]] = {}
         for r in doc.get("results", []):
@@ -250,7 +250,9 @@ def run_relay_auto(
     )
     for w in inventory.warnings:
         log.line("warning", {"message": w})
-    prober = LiveProber(count=probe_count, interval=0.05, timeout=1.0)
+    prober = LiveProber(
+        count=cfg.probe_count, interval=cfg.probe_interval, timeout=cfg.probe_timeout
+    )
     relay = AutoRelay(cfg, prober, listen=f"{host}:{port}", on_decision=log.decision)
 
     entry: AutoEntry | None = None

@@ -128,10 +128,22 @@ class RoundSamples:
     duration_s: float
 
 
+SegmentCallback = Callable[[Segment, Sequence[float | None]], object]
+
+
 async def measure_round(
-    prober: Prober, cfg: AutoConfig, *, timeout: float | None = None
+    prober: Prober,
+    cfg: AutoConfig,
+    *,
+    timeout: float | None = None,
+    on_segment: SegmentCallback | None = None,
 ) -> RoundSamples:
-    """Measure every segment once, concurrently: local probes and one request per agent."""
+    """Measure every segment once, concurrently: local probes and one request per agent.
+
+    ``on_segment`` hears each segment's samples as soon as they are in, before the slowest
+    probe of the round (e.g. an agent behind a cut link, which only times out) has finished:
+    that is what lets a failover start at once.
+    """
     t0 = time.monotonic()
     nodes = list(cfg.nodes.nodes.values())
     host_name = {n.host: n.name for n in nodes}
@@ -139,20 +151,34 @@ async def measure_round(
     local_hosts = [cfg.target_host, *[n.host for n in nodes]]
     limit = timeout if timeout is not None else _round_budget(cfg)
 
+    def heard(seg: Segment, samples: Sequence[float | None]) -> None:
+        if on_segment is not None:
+            on_segment(seg, samples)
+
     async def local(host: str) -> tuple[str, Samples | BaseException]:
+        seg = (SOURCE, host_name[host])
         try:
             async with asyncio.timeout(limit):
-                return host, await prober.local(host)
+                res = await prober.local(host)
         except Exception as exc:  # a probe that fails counts as total loss this round
+            heard(seg, ())
             return host, exc
+        heard(seg, res)
+        return host, res
 
     async def agent(node: Node) -> tuple[Node, Mapping[str, Samples] | BaseException]:
         hosts = [cfg.target_host, *[n.host for n in nodes if n.name != node.name]]
         try:
             async with asyncio.timeout(limit):
-                return node, await prober.via_agent(node, hosts)
+                res = await prober.via_agent(node, hosts)
         except Exception as exc:
+            heard((SOURCE, node.name), ())  # its agent did not answer: no chain through it
             return node, exc
+        for host, samples in res.items():
+            name = host_name.get(host)
+            if name is not None and name != node.name:
+                heard((node.name, name), samples)
+        return node, res
 
     async with asyncio.TaskGroup() as tg:
         local_tasks = [tg.create_task(local(h), name=f"probe-local-{h}") for h in local_hosts]
@@ -181,8 +207,9 @@ async def measure_round(
 
 
 def _round_budget(cfg: AutoConfig) -> float:
-    """How long one probe of a round may take: all its pings plus the last one's timeout."""
-    return cfg.probe_count * cfg.probe_interval + cfg.probe_timeout + 2.0
+    """How long one probe of a round may take: all its pings, the last one's timeout, and a
+    margin for the request to an agent (one RTT or two on the paths relays are for)."""
+    return cfg.probe_count * cfg.probe_interval + cfg.probe_timeout + 1.0
 
 
 def _why(exc: BaseException) -> str:
@@ -440,9 +467,22 @@ class AutoRelay:
 
     # -- one round --
     async def probe_round(self) -> Decision:
-        """Measure, plan and decide once."""
-        rs = await measure_round(self.prober, self.cfg)
+        """Measure, plan and decide once (failing over early if a current segment dies)."""
+        rs = await measure_round(self.prober, self.cfg, on_segment=self.segment_result)
         return self.feed(rs)
+
+    def segment_result(self, seg: Segment, samples: Sequence[float | None]) -> Decision | None:
+        """One segment's probes of this round are in: total loss on the current chain fails
+        over at once, without waiting for the rest of the round."""
+        cur = self.current
+        if cur is None or any(s is not None for s in samples):
+            return None
+        if seg not in segments(SOURCE, cur, self.cfg.target_name):
+            return None
+        d = self.decider.on_chain_failed(
+            ChainFailed(cur, f"total loss on {seg[0]}→{seg[1]}", segment=seg)
+        )
+        return None if d is None else self._record(d)
 
     def feed(self, rs: RoundSamples, at: float | None = None) -> Decision:
         """Feed one round's samples (pure apart from the clock): estimates, plan, decision."""
@@ -645,7 +685,7 @@ class AutoEntry:
                 upstream = await self._open(chain)
             except Exception as exc:
                 reason, seg = blame(chain, relay.cfg.target_name, exc)
-                relay.chain_failed(chain, reason, seg)
+                relay.chain_failed(chain, f"chain-up failed: {reason}", seg)
                 continue
             relay.chain_up((loop.time() - started) * 1000.0)
             break

@@ -139,7 +139,8 @@ class Round:
 
 @dataclass(frozen=True)
 class ChainFailed:
-    """The entry could not bring ``chain`` up (a refusal or a timeout).
+    """``chain`` failed between rounds: the entry could not bring it up (a refusal or a
+    timeout), or a probe of one of its segments just came back with total loss.
 
     ``segment`` is the segment suspected (e.g. the one leading to the hop that did not answer, or
     the one after the hop that could not connect onward); None when unknown.
@@ -355,7 +356,7 @@ class Decider:
         )
 
     def on_chain_failed(self, event: ChainFailed) -> Decision | None:
-        """The entry could not bring a chain up: hold it down and, if it is current, fail over.
+        """A chain failed between rounds: hold it down and, if it is current, fail over.
 
         Returns None when the failed chain is not the current one (a connection opened before an
         earlier decision); holding it down is then all there is to do.
@@ -369,7 +370,7 @@ class Decider:
             return None
         viable = self.viable(self._last) if self._last is not None else []
         prev_cost = self._last.cost_of(event.chain) if self._last is not None else None
-        return self._failover(viable, f"chain-up failed: {event.reason}", prev_cost)
+        return self._failover(viable, event.reason, prev_cost)
 
     # -- helpers --
     def _set(self, chain: Chain) -> None:

@@ -157,7 +157,7 @@ def test_chain_up_failure_fails_over_immediately() -> None:
     relay.feed(rs(BRAZIL))
     cur = relay.current
     assert cur is not None
-    d = relay.chain_failed(cur, "hop sh refused: onward connect failed", (SOURCE, "sh"))
+    d = relay.chain_failed(cur, "chain-up failed: hop sh refused", (SOURCE, "sh"))
     assert d is not None and d.kind == DecisionKind.FAILOVER
     assert relay.current is not None and "sh" not in relay.current
     assert relay.status().chain_failures == 1
@@ -241,6 +241,34 @@ async def test_measure_round_maps_hosts_to_segments() -> None:
     assert out.samples[("mx", "br")] == [] and out.samples[("mx", "sh")] == []
     assert "refused" in out.agents_down["mx"].lower()
     assert sorted(p.asked) == [("mx", (TARGET, "10.0.0.2")), ("sh", (TARGET, "10.0.0.3"))]
+
+
+async def test_early_failover_before_the_round_ends() -> None:
+    """Total loss on a segment of the current chain fails over while a slow agent still hangs."""
+
+    class CutProber(ScriptedProber):
+        async def local(self, host: str) -> list[float | None]:
+            return [None, None] if host == "10.0.0.2" else [5.0]
+
+        async def via_agent(
+            self, n: Node, hosts: Sequence[str]
+        ) -> Mapping[str, list[float | None]]:
+            if n.name == "sh":
+                await asyncio.sleep(10)  # behind the cut: only a timeout would tell
+            return {h: [2.0] for h in hosts}
+
+    relay = AutoRelay(cfg(), prober=CutProber())
+    relay.feed(rs(BRAZIL))
+    assert relay.current is not None and relay.current[0] == "sh"
+    task = asyncio.create_task(relay.probe_round())
+    await asyncio.sleep(0.1)
+    assert not task.done()
+    _, d = relay.decisions[-1]
+    assert d.kind == DecisionKind.FAILOVER and "total loss on local→sh" in d.reason
+    assert relay.current is not None and "sh" not in relay.current
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
 
 
 async def test_measure_round_bounds_a_hanging_probe() -> None:

@@ -253,7 +253,9 @@ def test_chain_up_failure_fails_over_and_holds_down() -> None:
     costs = {DIRECT: 300.0, SH: 100.0, SHMX: 90.0, MX: 150.0}
     d.on_round(round_from_costs(costs))
     assert d.current == SHMX
-    out = d.on_chain_failed(ChainFailed(SHMX, "hop sh: timeout", segment=("home", "sh")))
+    out = d.on_chain_failed(
+        ChainFailed(SHMX, "chain-up failed: hop sh: timeout", segment=("home", "sh"))
+    )
     assert out is not None and out.kind == DecisionKind.FAILOVER
     # every chain through home→sh is held down: mx is the next best
     assert out.chain == MX and "chain-up failed: hop sh: timeout" in out.reason

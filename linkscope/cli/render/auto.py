@@ -58,7 +58,8 @@ def log_line(event: str, fields: Mapping[str, object], *, as_json: bool = False)
 
     Values with spaces are quoted JSON-style so the line splits unambiguously on spaces.
     """
-    ts = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    now = time.time()
+    ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
     if as_json:
         doc: dict[str, object] = {"ts": ts, "event": event}
         for k, v in fields.items():
