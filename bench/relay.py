@@ -187,6 +187,18 @@ def chain(kind: str, hops: int, target: int) -> Iterator[Chain]:
 
 # -- measurements ---------------------------------------------------------------------------------
 def iperf(port: int, streams: int, seconds: float) -> float:
+    """Gbit/s received; retries while the server still winds down the previous test."""
+    for attempt in range(10):
+        try:
+            return _iperf(port, streams, seconds)
+        except RuntimeError as exc:
+            if "busy" not in str(exc) or attempt == 9:
+                raise
+            time.sleep(1.0)
+    raise AssertionError("unreachable")
+
+
+def _iperf(port: int, streams: int, seconds: float) -> float:
     out = subprocess.run(
         ["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(seconds), "-P", str(streams),
          "-J"], capture_output=True, text=True, timeout=seconds + 30)  # fmt: skip

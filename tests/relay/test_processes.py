@@ -245,3 +245,34 @@ def test_sigterm_drains_open_connections(cluster: Cluster) -> None:
     assert served[0].got.digest() == client.sent.digest()
     assert a.popen.wait(15) == 0
     listener.close()
+
+
+@pytest.mark.slow
+def test_backpressure_bounds_agent_memory(cluster: Cluster) -> None:
+    """A target that does not read: the sender stalls, the agent does not buffer the excess."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    target = listener.getsockname()[:2]
+    a = cluster.agent("a", "127.0.0.2", "--allow", "127.0.0.1/32")
+    entry = cluster.entry("a", target)
+    rss_before = a.rss_kb()
+    client = socket.create_connection((entry.host, entry.port))
+    conn, _ = listener.accept()  # ... and never reads
+    client.settimeout(3.0)
+    sent = 0
+    block = b"\0" * (1 << 20)
+    with pytest.raises(TimeoutError):
+        while sent < 2 << 30:
+            sent += client.send(block)
+    # Socket buffers and at most one pipe per hop hold what was sent; nothing piles up in RSS.
+    assert sent < 256 << 20, f"{sent >> 20} MiB accepted although the target reads nothing"
+    assert a.rss_kb() - rss_before < 8 * 1024
+    # Then the target reads: every byte arrives, in order.
+    client.settimeout(None)
+    client.shutdown(socket.SHUT_WR)
+    got = 0
+    while chunk := conn.recv(1 << 20):
+        assert not chunk.strip(b"\0")
+        got += len(chunk)
+    assert got == sent
+    for s in (client, conn, listener):
+        s.close()
