@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 
 import pytest
 
 IS_ROOT = os.geteuid() == 0
 HAS_NETNS = IS_ROOT and shutil.which("ip") is not None and os.path.exists("/dev/net/tun")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Keep every test (and every process it starts) away from the user's real history/config."""
+    base = tempfile.mkdtemp(prefix="linkscope-test-home-")
+    for var in ("XDG_DATA_HOME", "XDG_CONFIG_HOME"):
+        path = os.path.join(base, var.lower())
+        os.makedirs(path, exist_ok=True)
+        os.environ[var] = path
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
