@@ -43,32 +43,33 @@ def rto_ms(rtt_ms: float, jitter_ms: float = 0.0) -> float:
     return max(MIN_RTO_MS, rtt_ms + 4.0 * jitter_ms)
 
 
-def _metrics(d: EdgeData) -> tuple[float, float, float] | None:
-    p = float(d["loss"])
-    if p >= 1.0:
-        return None
-    return float(d["rtt_ms"]), p, float(d.get("jitter_ms") or 0.0)
-
-
+# The edge functions run once per edge the solver looks at (up to ~10^6 per plan): they read the
+# edge dict directly rather than through helpers.
 def latency(u: str, v: str, d: EdgeData) -> float | None:
     """Segment RTT in ms; None when nothing gets through."""
-    m = _metrics(d)
-    return None if m is None else m[0]
+    if d["loss"] >= 1.0:
+        return None
+    return float(d["rtt_ms"])
 
 
 def interactive(u: str, v: str, d: EdgeData) -> float | None:
     """Expected delivery delay of a small packet over the segment, ms: r/2 + p/(1-p) * RTO."""
-    m = _metrics(d)
-    if m is None:
+    p = d["loss"]
+    if p >= 1.0:
         return None
-    r, p, j = m
-    return r / 2.0 + p / (1.0 - p) * rto_ms(r, j)
+    r = float(d["rtt_ms"])
+    if p == 0.0:
+        return r / 2.0
+    rto = r + 4.0 * (d.get("jitter_ms") or 0.0)  # rto_ms(), inlined
+    return float(r / 2.0 + p / (1.0 - p) * (rto if rto > MIN_RTO_MS else MIN_RTO_MS))
 
 
 def loss(u: str, v: str, d: EdgeData) -> float | None:
     """-log(1 - p): additive along a chain, so sums rank chains by delivery probability."""
-    m = _metrics(d)
-    return None if m is None else -math.log1p(-m[1])
+    p = d["loss"]
+    if p >= 1.0:
+        return None
+    return -math.log1p(-p)
 
 
 def mathis_rate_mbps(rtt_ms: float, loss: float, mss: int = MSS_BYTES) -> float:
@@ -104,11 +105,10 @@ def pftk_rate_mbps(
 
 def throughput(u: str, v: str, d: EdgeData) -> float | None:
     """Predicted TCP rate of the segment, Mbit/s (PFTK); None when nothing gets through."""
-    m = _metrics(d)
-    if m is None:
+    p = d["loss"]
+    if p >= 1.0:
         return None
-    r, p, j = m
-    return pftk_rate_mbps(r, p, j)
+    return pftk_rate_mbps(float(d["rtt_ms"]), p, d.get("jitter_ms") or 0.0)
 
 
 @dataclass(frozen=True)

@@ -141,30 +141,73 @@ def _rtt(d: EdgeData) -> float:
     return 0.0 if r is None else float(r)
 
 
+class _Edges:
+    """Out-edges under one model, computed once per node and sorted by key (lazily).
+
+    Sorting lets a relaxation loop stop at the first edge that cannot beat the best complete
+    chain found so far; the cache lets Yen's spur searches reuse the work.
+    """
+
+    def __init__(self, g: nx.DiGraph, model: CostModel, key_fn: KeyFn) -> None:
+        # networkx's own dict of dicts: iterating it skips the read-only view layer (hot loop).
+        self.adj: Mapping[str, Mapping[str, EdgeData]] = g._adj
+        self.key_fn = key_fn
+        self.bottleneck = model.bottleneck
+        self._out: dict[str, list[tuple[float, float, str]]] = {}
+        self._to: dict[tuple[str, str], tuple[float, float] | None] = {}
+
+    def out(self, u: str) -> list[tuple[float, float, str]]:
+        """(key, rtt, v) for every usable edge u→v, best key first."""
+        found = self._out.get(u)
+        if found is None:
+            key_fn = self.key_fn
+            found = []
+            for v, d in self.adj[u].items():
+                w = key_fn(u, v, d)
+                if w is not None:
+                    found.append((w, d["rtt_ms"] or 0.0, v))
+            found.sort()
+            self._out[u] = found
+        return found
+
+    def to(self, u: str, v: str) -> tuple[float, float] | None:
+        """(key, rtt) of the edge u→v, None when absent or unusable."""
+        pair = (u, v)
+        if pair not in self._to:
+            d = self.adj[u].get(v)
+            w = None if d is None else self.key_fn(u, v, d)
+            self._to[pair] = None if w is None or d is None else (w, _rtt(d))
+        return self._to[pair]
+
+
 def _search(
-    adj: Mapping[str, Mapping[str, EdgeData]],
+    edges: _Edges,
     start: str,
     target: str,
-    key_fn: KeyFn,
-    combine: Callable[[float, float], float],
     allowed: frozenset[str] | set[str],
     max_edges: int,
     *,
     key0: float,
     rtt0: float = 0.0,
     banned: frozenset[str] | set[str] = frozenset(),
+    floor: float = -math.inf,
 ) -> _Found | None:
     """Best walk start → target of at most ``max_edges`` edges through ``allowed`` relays.
 
     Label-setting on states (node, edges used) with lexicographic labels (key, rtt); the key is
     exact, the rtt only breaks ties. ``banned`` are next hops forbidden from ``start`` itself.
+    ``floor`` is a lower bound on the key of any edge into the target: a label that cannot beat
+    the best complete chain even with the cheapest last edge is dropped (safe: never optimal).
     """
     if max_edges < 1:
         return None
-    best: dict[tuple[str, int], tuple[float, float]] = {(start, 0): (key0, rtt0)}
-    pred: dict[tuple[str, int], tuple[str, int]] = {}
-    target_label = (math.inf, math.inf)
-    target_pred: tuple[str, int] | None = None
+    bottleneck = edges.bottleneck
+    # best[k][v]: label of state (v, k edges used); pred[k][v]: the node before v on it.
+    best: list[dict[str, tuple[float, float]]] = [{} for _ in range(max_edges + 1)]
+    pred: list[dict[str, str]] = [{} for _ in range(max_edges + 1)]
+    best[0][start] = (key0, rtt0)
+    tk = tr = math.inf  # label of the best complete chain so far
+    t_pred: tuple[str, int] | None = None  # (node before the target, its edge count)
     expanded: dict[str, int] = {}  # node -> fewest edges it was expanded with
     heap: list[tuple[float, float, int, str]] = [(key0, rtt0, 0, start)]
     pop, push = heapq.heappop, heapq.heappush
@@ -172,53 +215,60 @@ def _search(
         key, rtt, k, u = pop(heap)
         if u == target:
             break
-        if best.get((u, k)) != (key, rtt):
+        if best[k].get(u) != (key, rtt):
             continue  # superseded label
         seen_k = expanded.get(u)
         if seen_k is not None and seen_k <= k:
             continue  # dominated: reached before with no more cost and no more edges
         expanded[u] = k
-        nbrs = adj[u]
-        last = k + 1 == max_edges  # only the target may follow
-        items: Iterable[tuple[str, EdgeData]]
-        if last:
-            d = nbrs.get(target)
-            items = () if d is None else ((target, d),)
+        first = k == 0
+        nxt = k + 1
+        layer, back = best[nxt], pred[nxt]
+        out: Iterable[tuple[float, float, str]]
+        if nxt == max_edges:  # only the target may follow
+            e = edges.to(u, target)
+            out = () if e is None else ((e[0], e[1], target),)
         else:
-            items = nbrs.items()
-        for v, d in items:
+            out = edges.out(u)
+        for w, r, v in out:
+            nk = (key if key > w else w) if bottleneck else key + w
+            if nk > tk:
+                break  # sorted by key: no later edge can beat the best complete chain
+            nr = rtt + r
             if v == target:
-                if k == 0 and target in banned:
+                if (first and target in banned) or (nk == tk and nr >= tr):
                     continue
-            elif v not in allowed or (k == 0 and v in banned):
+                tk, tr, t_pred = nk, nr, (u, k)
+                push(heap, (nk, nr, nxt, v))
                 continue
-            w = key_fn(u, v, d)
-            if w is None:
+            if v not in allowed or (first and v in banned) or (nk == tk and nr >= tr):
                 continue
-            nk = combine(key, w)
-            nr = rtt + _rtt(d)
-            label = (nk, nr)
-            if label >= target_label:
-                continue  # cannot beat the best complete chain found so far
-            if v == target:
-                target_label, target_pred = label, (u, k)
-                push(heap, (nk, nr, k + 1, v))
-                continue
-            state = (v, k + 1)
-            old = best.get(state)
-            if old is None or label < old:
-                best[state] = label
-                pred[state] = (u, k)
-                push(heap, (nk, nr, k + 1, v))
-    if target_pred is None:
+            if ((nk if nk > floor else floor) if bottleneck else nk + floor) > tk:
+                # Neither this relay nor any later one (their keys are larger) can lead to a
+                # better chain; only the edge straight to the target still might.
+                e = edges.to(u, target) if not (first and target in banned) else None
+                if e is not None:
+                    ek = (key if key > e[0] else e[0]) if bottleneck else key + e[0]
+                    er = rtt + e[1]
+                    if ek < tk or (ek == tk and er < tr):
+                        tk, tr, t_pred = ek, er, (u, k)
+                        push(heap, (ek, er, nxt, target))
+                break
+            old = layer.get(v)
+            if old is None or nk < old[0] or (nk == old[0] and nr < old[1]):
+                layer[v] = (nk, nr)
+                back[v] = u
+                push(heap, (nk, nr, nxt, v))
+    if t_pred is None:
         return None
-    nodes = [target]
-    cur: tuple[str, int] | None = target_pred
-    while cur is not None:
-        nodes.append(cur[0])
-        cur = pred.get(cur)
+    node, k = t_pred
+    nodes = [target, node]
+    while k > 0:
+        node = pred[k][node]
+        k -= 1
+        nodes.append(node)
     nodes.reverse()
-    return _Found(target_label[0], target_label[1], _cut_cycles(tuple(nodes)))
+    return _Found(tk, tr, _cut_cycles(tuple(nodes)))
 
 
 def _cut_cycles(path: Path) -> Path:
@@ -274,12 +324,20 @@ def _yen(
     count: int,
 ) -> list[_Found]:
     """The ``count`` best simple chains (at least one relay), by Yen's algorithm."""
-    adj = g.adj
     ev = _Evaluator(g, model, key_fn)
+    edges = _Edges(g, model, key_fn)
+    into = [e[0] for x in (source, *allowed) if x in g and (e := edges.to(x, target)) is not None]
+    floor = min(into, default=math.inf)  # no chain can end more cheaply than this
     first = _search(
-        adj, source, target, key_fn, model.combine, allowed, max_edges,
-        key0=model.identity, banned={target},
-    )  # fmt: skip
+        edges,
+        source,
+        target,
+        allowed,
+        max_edges,
+        key0=model.identity,
+        banned={target},
+        floor=floor,
+    )
     if first is None:
         return []
     found = [first]
@@ -296,8 +354,8 @@ def _yen(
             if label is None:  # pragma: no cover - roots are prefixes of found chains
                 continue
             spur = _search(
-                adj, root[-1], target, key_fn, model.combine, allowed - set(root),
-                max_edges - i, key0=label[0], rtt0=label[1], banned=banned,
+                edges, root[-1], target, allowed - set(root), max_edges - i,
+                key0=label[0], rtt0=label[1], banned=banned, floor=floor,
             )  # fmt: skip
             if spur is None:
                 continue

@@ -224,3 +224,22 @@ def test_graph_built_from_inventory_relays_only() -> None:
     assert names(plan_chains(g, "home", "br", alternatives=5)) == [("sh",)]
     with pytest.raises(InputError, match="unknown relay 'mx'"):
         plan_chains(g, "home", "br", via=["mx"])
+
+
+def test_pruned_relay_still_tries_its_edge_to_the_target() -> None:
+    """When no relay after u can beat the best chain, u's own edge to the target still may."""
+    g = new_graph("s")
+    add_edge(g, "s", "c", rtt_ms=0.0, loss=0.0)
+    add_edge(g, "c", "t", rtt_ms=11.0, loss=0.0)  # found first: best so far 11
+    add_edge(g, "s", "a", rtt_ms=1.0, loss=0.0)
+    add_edge(g, "a", "b", rtt_ms=1.0, loss=0.0)  # 2 + cheapest last edge 9.5 > 11: pruned...
+    add_edge(g, "b", "t", rtt_ms=20.0, loss=0.0)
+    add_edge(g, "a", "t", rtt_ms=9.5, loss=0.0)  # ...but a→t makes 10.5 < 11
+    for method in ("search", "enumerate"):
+        for alternatives in (0, 1):  # 0: the first search alone must find it (no Yen rescue)
+            plan = plan_chains(
+                g, "s", "t", model="latency", hop_cost_ms=0.0, method=method,
+                alternatives=alternatives,
+            )  # fmt: skip
+            assert [c.hops for c in plan.chains] == [("a",), ("c",)][: alternatives + 1]
+            assert plan.best is not None and plan.best.cost == 10.5

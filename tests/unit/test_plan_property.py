@@ -18,9 +18,10 @@ from linkscope.costs import MODEL_NAMES, get_model
 from linkscope.graph import add_edge, new_graph
 from linkscope.plan import plan_chains
 
-RELAYS = [f"r{i}" for i in range(6)]
+RELAYS = [f"r{i}" for i in range(8)]
 RTTS = st.one_of(
     st.sampled_from([0.0, 1.0, 5.0, 5.0, 10.0, 100.5, 300.0]),
+    st.integers(min_value=0, max_value=40).map(float),
     st.floats(min_value=0.0, max_value=500.0, allow_nan=False),
 )
 LOSSES = st.one_of(
@@ -78,7 +79,7 @@ def check_chains(g: nx.DiGraph, plan: Any, allowed: list[str], max_hops: int) ->
         assert c.cost is not None
 
 
-@settings(max_examples=250, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(
     g=graphs(),
     model=st.sampled_from(MODEL_NAMES),
@@ -160,3 +161,40 @@ def test_predictions_follow_the_formulas(g: nx.DiGraph, model: str) -> None:
             assert math.isclose(c.gain, sign * (c.cost - plan.direct.cost), abs_tol=1e-9)
         else:
             assert c.gain is None
+
+
+@st.composite
+def positive_graphs(draw: st.DrawFn) -> nx.DiGraph:
+    """Dense graphs with positive RTTs (so pruning bounds are non-trivial), many near-ties."""
+    n = draw(st.integers(min_value=2, max_value=len(RELAYS)))
+    g = new_graph("s", RELAYS[:n])
+    g.add_node("t", relay=False)
+    for u, v in itertools.permutations(["s", "t", *RELAYS[:n]], 2):
+        if draw(st.integers(0, 9)) < 8:
+            rtt = float(draw(st.integers(1, 30)))
+            loss = draw(st.sampled_from([0.0, 0.001, 0.01, 0.05, 0.2, 0.6, 1.0]))
+            add_edge(g, u, v, rtt_ms=rtt, loss=loss, jitter_ms=draw(JITTER))
+    return g
+
+
+@settings(max_examples=400, deadline=None)
+@given(g=positive_graphs(), model=st.sampled_from(MODEL_NAMES), max_hops=st.integers(1, 4))
+def test_first_search_alone_is_exact(g: nx.DiGraph, model: str, max_hops: int) -> None:
+    """With no alternatives Yen never runs: the label-setting search alone must be optimal."""
+    relays = sorted(n for n, r in g.nodes(data="relay") if r and n != "t")
+    expected = brute_force(g, model, relays, max_hops, 1.0)
+    plan = plan_chains(g, "s", "t", model=model, max_hops=max_hops, alternatives=0,
+                       method="search")  # fmt: skip
+    check_chains(g, plan, relays, max_hops)
+    assert [c.key for c in plan.chains] == [k for k, _ in expected[:1]]
+
+
+@settings(max_examples=300, deadline=None)
+@given(g=positive_graphs(), max_hops=st.integers(1, 4))
+def test_first_search_alone_is_exact_widest_path(g: nx.DiGraph, max_hops: int) -> None:
+    """The bottleneck model's pruning (max instead of sum) gets examples of its own."""
+    relays = sorted(n for n, r in g.nodes(data="relay") if r and n != "t")
+    expected = brute_force(g, "throughput", relays, max_hops, 0.0)
+    plan = plan_chains(g, "s", "t", model="throughput", max_hops=max_hops, alternatives=0,
+                       method="search")  # fmt: skip
+    assert [c.key for c in plan.chains] == [k for k, _ in expected[:1]]
