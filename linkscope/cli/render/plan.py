@@ -8,6 +8,8 @@ from rich.table import Table
 from linkscope.costs import get_model
 from linkscope.plan import ChainEstimate, Plan
 
+_UNIT_LABEL = {"loss": "loss %"}
+
 
 def format_cost(value: float | None, unit: str) -> str:
     """A cost in its model's unit: ms, Mbit/s, or a loss percentage."""
@@ -49,15 +51,16 @@ def render_plan(plan: Plan, console: Console | None = None) -> None:
     model = get_model(plan.model)
     hops = "relay" if plan.max_hops == 1 else "relays"
     con.print(
-        f"[bold]plan {plan.source} → {plan.target}[/]  model [bold]{plan.model}[/] "
-        f"({model.description}; cost in {model.unit})  max {plan.max_hops} {hops}"
+        f"[bold]plan {plan.source} → {plan.target}[/]  model [bold]{plan.model}[/], "
+        f"max {plan.max_hops} {hops}"
     )
+    con.print(f"[dim]cost: {model.description} ({_UNIT_LABEL.get(model.unit, model.unit)})[/]")
     table = Table(show_edge=False)
     table.add_column("#", justify="right")
     table.add_column("chain")
     table.add_column("RTT ms", justify="right")
     table.add_column("loss", justify="right")
-    table.add_column(f"cost ({model.unit})", justify="right")
+    table.add_column(f"cost ({_UNIT_LABEL.get(model.unit, model.unit)})", justify="right")
     table.add_column("gain vs direct", justify="right")
     for rank, est in enumerate(plan.chains, 1):
         stale = " (stale)" if est.stale else ""
