@@ -33,6 +33,7 @@ destinations; the result must reach every destination without loops.
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import os
 import random
@@ -47,8 +48,8 @@ from typing import Any
 from linkscope.errors import ConfigError
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,11}$")
-MAX_NODES = 4000
-MAX_LINKS = 30000
+MAX_NODES = 500  # one namespace each; routing tables grow as nodes x (nodes + links)
+MAX_LINKS = 5000
 
 _TOP_KEYS = ("seed", "icmp_ratelimit", "name", "description", "nodes", "links", "routes")
 _NODE_KEYS = ("lat", "lon", "asn", "org", "city", "country")
@@ -182,11 +183,15 @@ class Topology:
 
     def next_hops(self) -> dict[tuple[str, str], str]:
         """(node, destination) -> neighbour, after overrides (see :func:`compute_next_hops`)."""
+        return dict(self._hops)
+
+    @functools.cached_property
+    def _hops(self) -> dict[tuple[str, str], str]:
         return compute_next_hops(self)
 
     def path(self, src: str, dst: str) -> list[str]:
         """The node sequence a packet from ``src`` to ``dst`` follows."""
-        hops = self.next_hops()
+        hops = self._hops
         out = [src]
         while out[-1] != dst:
             out.append(hops[(out[-1], dst)])
@@ -567,20 +572,19 @@ class _Parser:
             hops = compute_next_hops(topo)
         except ConfigError as exc:
             raise self.error(exc.reason, "links") from None
-        limit = len(topo.nodes)
-        for src in topo.node_names:
-            for dst in topo.node_names:
-                if src == dst:
-                    continue
+        for dst in topo.node_names:
+            reaches = {dst}  # nodes known to reach dst by following next hops
+            for src in topo.node_names:
                 cur, seen = src, [src]
-                while cur != dst:
+                while cur not in reaches:
                     cur = hops[(cur, dst)]
-                    seen.append(cur)
-                    if len(seen) > limit:
-                        loop = " -> ".join(seen[: limit + 1])
+                    if cur in seen:
+                        loop = " -> ".join([*seen[seen.index(cur) :], cur])
                         idx = next((i for i, r in enumerate(topo.routes) if dst in r.to), None)
                         path: tuple[str | int, ...] = ("routes", idx) if idx is not None else ()
                         raise self.error(f"routing loop from {src!r} to {dst!r}: {loop}", *path)
+                    seen.append(cur)
+                reaches.update(seen)
 
 
 def parse_topology(text: str, source: str | None = None) -> Topology:
