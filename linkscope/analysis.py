@@ -17,6 +17,7 @@ global backend is touched; figures render with Agg) and raises ``NoData`` on an 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import math
@@ -678,7 +679,53 @@ def great_circle_points(
     return pts
 
 
-MAP_HEIGHT = 5.0
+MAP_HEIGHT = 5.0  # the most a map takes; a wide, flat path takes less
+
+
+class _MapData:
+    """What a path map draws: the located points in order, unwrapped, and the great circle."""
+
+    def __init__(
+        self, hops: pd.DataFrame, trace_id: int | None, source: tuple[float, float, str] | None
+    ) -> None:
+        _require(
+            hops, ("trace_id", "started_at", "ttl", "address", "lat", "lon", "city"), "path map"
+        )
+        self.rows = _pick(hops, "trace_id", trace_id, "started_at", "path map")
+        points = _located(self.rows)
+        if source is not None:
+            points = [(float(source[0]), float(source[1]), str(source[2])), *points]
+        # consecutive hops in one place (one router after another) are one point on a map
+        pts = [p for i, p in enumerate(points) if i == 0 or p[:2] != points[i - 1][:2]]
+        if len(pts) < 2:
+            raise NoData(
+                "path map: fewer than two located points on this path (probe with --geoip, "
+                "or pass source=(lat, lon, label))"
+            )
+        self.points = pts
+        self.lons = _unwrap([p[1] for p in pts])
+        self.lats = [p[0] for p in pts]
+        circle = great_circle_points(pts[0][:2], pts[-1][:2])
+        self.c_lons = _unwrap([self.lons[0], *[p[1] for p in circle[1:]]])
+        self.c_lats = [p[0] for p in circle]
+        all_lons, all_lats = self.lons + self.c_lons, self.lats + self.c_lats
+        self.xlim = (min(all_lons) - 12.0, max(all_lons) + 30.0)  # room for the labels
+        self.ylim = (max(-90.0, min(all_lats) - 12.0), min(90.0, max(all_lats) + 12.0))
+
+    @property
+    def height(self) -> float:
+        """Figure height (in) for equal degrees on both axes at the plot's width."""
+        aspect = (self.ylim[1] - self.ylim[0]) / (self.xlim[1] - self.xlim[0])
+        return max(2.8, min(MAP_HEIGHT + 2.5, (WIDTH - 1.2) * aspect + 1.5))
+
+
+def map_height(
+    hops: pd.DataFrame,
+    trace_id: int | None = None,
+    source: tuple[float, float, str] | None = None,
+) -> float:
+    """The height ``plot_path_map`` gives this path (to stack it with other plots)."""
+    return _MapData(hops, trace_id, source).height
 
 
 def plot_path_map(
@@ -693,43 +740,28 @@ def plot_path_map(
     The detour is the gap between the solid path and the dashed direct line; the title gives
     both lengths. ``source`` (lat, lon, label) is where the path starts when known (the user's
     own address is rarely in a GeoIP database); else the first located hop stands in.
-    No map tiles or coastlines: a lon/lat grid only.
+    No map tiles or coastlines: a lon/lat grid only. Longitudes are unwrapped so that a path
+    across the Pacific stays continuous; tick labels show them wrapped back to ±180°.
     """
     from linkscope.geo.geometry import great_circle_km
 
-    _require(hops, ("trace_id", "started_at", "ttl", "address", "lat", "lon", "city"), "path map")
-    rows = _pick(hops, "trace_id", trace_id, "started_at", "path map")
-    points = _located(rows)
-    if source is not None:
-        points = [(float(source[0]), float(source[1]), str(source[2])), *points]
-    # consecutive hops in one place (one router after another) are one point on a map
-    pts = [p for i, p in enumerate(points) if i == 0 or p[:2] != points[i - 1][:2]]
-    if len(pts) < 2:
-        raise NoData(
-            "path map: fewer than two located points on this path (probe with --geoip, "
-            "or pass source=(lat, lon, label))"
-        )
+    m = _MapData(hops, trace_id, source)
+    pts = m.points
     path_km = sum(great_circle_km(a[0], a[1], b[0], b[1]) for a, b in itertools.pairwise(pts))
     direct_km = great_circle_km(pts[0][0], pts[0][1], pts[-1][0], pts[-1][1])
-    fig, root = _canvas(into, MAP_HEIGHT)
+    fig, root = _canvas(into, m.height)
     ax = fig.subplots()
-    lons = _unwrap([p[1] for p in pts])
-    lats = [p[0] for p in pts]
-    circle = great_circle_points(pts[0][:2], pts[-1][:2])
-    c_lons = _unwrap([lons[0], *[p[1] for p in circle[1:]]])
-    c_lats = [p[0] for p in circle]
-    ax.plot(c_lons, c_lats, "--", color="grey", lw=1.2,
+    ax.plot(m.c_lons, m.c_lats, "--", color="grey", lw=1.2,
             label=f"direct great circle: {direct_km:,.0f} km")  # fmt: skip
-    ax.plot(lons, lats, "-", color=DIRECT_COLOUR, lw=2, alpha=0.8,
+    ax.plot(m.lons, m.lats, "-", color=DIRECT_COLOUR, lw=2, alpha=0.8,
             label=f"measured path: {path_km:,.0f} km")  # fmt: skip
-    ax.scatter(lons, lats, s=40, color=DIRECT_COLOUR, zorder=3)
-    for i, (lon, lat, p) in enumerate(zip(lons, lats, pts, strict=True)):
+    ax.scatter(m.lons, m.lats, s=40, color=DIRECT_COLOUR, zorder=3)
+    for i, (lon, lat, p) in enumerate(zip(m.lons, m.lats, pts, strict=True)):
         below = i % 2 == 1  # alternate sides: neighbouring cities' labels do not overlap
         ax.annotate(f"{i}. {p[2]}", (lon, lat), xytext=(6, -12 if below else 6),
                     textcoords="offset points", fontsize="small")  # fmt: skip
-    pad = 12.0
-    ax.set_xlim(min(lons + c_lons) - pad, max(lons + c_lons) + pad)
-    ax.set_ylim(max(-90.0, min(lats + c_lats) - pad), min(90.0, max(lats + c_lats) + pad))
+    ax.set_xlim(*m.xlim)
+    ax.set_ylim(*m.ylim)
     ax.set_aspect("equal", adjustable="box")
     from matplotlib.ticker import FuncFormatter
 
@@ -740,7 +772,7 @@ def plot_path_map(
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize="small")
     ratio = path_km / direct_km if direct_km > 0 else math.inf
-    target = _text(rows.iloc[0]["target"]) if "target" in rows else None
+    target = _text(m.rows.iloc[0]["target"]) if "target" in m.rows else None
     ax.set_title(
         f"Path to {target or '?'}: {path_km:,.0f} km travelled for {direct_km:,.0f} km "
         f"direct (×{ratio:.2f})"
@@ -920,7 +952,7 @@ def plot_for_trace(trace: Mapping[str, Any], path: str | os.PathLike[str]) -> Pa
         (trace_height(len(hops)), lambda into: plot_trace(hops, into=into))
     ]
     if len(_located(hops)) >= 2:
-        parts.append((MAP_HEIGHT, lambda into: plot_path_map(hops, into=into)))
+        parts.append((map_height(hops), lambda into: plot_path_map(hops, into=into)))
     return _stack(parts, path)
 
 
@@ -950,10 +982,11 @@ def render_demo_figure(
     pings = load_pings(history_db, target=target)
     hops = load_traces(history_db, target=target)
     plans = load_plans(history_db, target=target)
-    candidates: list[tuple[float, Any]] = [
-        (MAP_HEIGHT, lambda into: plot_path_map(hops, source=source, into=into)),
-    ]
+    candidates: list[tuple[float, Any]] = []
     if not hops.empty:
+        with contextlib.suppress(NoData):
+            height = map_height(hops, source=source)
+            candidates.append((height, lambda into: plot_path_map(hops, source=source, into=into)))
         latest = _pick(hops, "trace_id", None, "started_at", "trace plot")
         candidates.append((trace_height(len(latest)), lambda into: plot_trace(hops, into=into)))
     if not pings.empty and pings["run_id"].nunique() > 1:
@@ -1029,6 +1062,7 @@ __all__ = [
     "load_probes",
     "load_traces",
     "main",
+    "map_height",
     "parse_source",
     "pings_frame",
     "plan_frame",

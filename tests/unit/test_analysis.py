@@ -504,7 +504,10 @@ def test_render_demo_figure(history: dict[str, Any], tmp_path: Path) -> None:
                                       source=(39.0842, 117.2009, "home"))  # fmt: skip
     w, h = is_png(out.read_bytes())
     # four panels stacked: map, hops (4), RTT/loss over time, the latest plan (2 rows)
-    heights = analysis.MAP_HEIGHT + analysis.trace_height(4) + 5.0 + analysis.plan_height(2)
+    hops = analysis.load_traces(history["path"], target="br")
+    map_h = analysis.map_height(hops, source=(39.0842, 117.2009, "home"))
+    assert 2.8 <= map_h <= analysis.MAP_HEIGHT
+    heights = map_h + analysis.trace_height(4) + 5.0 + analysis.plan_height(2)
     assert h / w == pytest.approx(heights / analysis.WIDTH, rel=0.02)
     only_pings = analysis.render_demo_figure(history["path"], tmp_path / "sh.png", target="sh")
     w2, h2 = is_png(only_pings.read_bytes())
