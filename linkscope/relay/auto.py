@@ -44,9 +44,11 @@ from linkscope.relay.decide import (
     ChainFailed,
     Decider,
     Decision,
+    DecisionKind,
     LinkEstimate,
     Round,
     Segment,
+    chain_label,
     gain,
     segments,
 )
@@ -450,6 +452,7 @@ class AutoRelay:
     connections_open: int = 0
     chain_failures: int = 0
     last_round: RoundSamples | None = None
+    _failover: asyncio.Event | None = None
 
     def __post_init__(self) -> None:
         self.estimates = Estimates(alpha=self.cfg.alpha, window=self.cfg.loss_window)
@@ -511,9 +514,18 @@ class AutoRelay:
 
     def _record(self, d: Decision) -> Decision:
         self.decisions.append((time.time(), d))
+        if d.kind == DecisionKind.FAILOVER and self._failover is not None:
+            self._failover.set()  # wakes chain-ups still waiting on the chain left behind
+            self._failover = None
         if self.on_decision is not None:
             self.on_decision(d, self.status())
         return d
+
+    def failover_signal(self) -> asyncio.Event:
+        """An event set at the next failover (a fresh one after each)."""
+        if self._failover is None:
+            self._failover = asyncio.Event()
+        return self._failover
 
     # -- views --
     def predicted(self) -> ChainStatus | None:
@@ -608,6 +620,10 @@ def blame(chain: Chain, target: str, exc: BaseException) -> tuple[str, Segment |
     return str(exc) or type(exc).__name__, None
 
 
+class _Superseded(Exception):
+    """A pending chain-up was abandoned because the relay failed over to another chain."""
+
+
 class AutoEntry:
     """The listener of `relay --auto`: each client gets the chain current at accept time.
 
@@ -623,7 +639,7 @@ class AutoEntry:
         port: int,
         *,
         grace: float = 5.0,
-        retries: int = 2,
+        retries: int = 3,
     ) -> None:
         from linkscope.relay.net import Listener, bind_listener
 
@@ -665,6 +681,29 @@ class AutoEntry:
                 last = exc
         raise last if last is not None else OSError(f"{cfg.target_host} does not resolve")
 
+    async def _open_unless_failed_over(self, chain: Chain) -> Any:
+        """``_open(chain)``, abandoned (``_Superseded``) if the relay fails over away from
+        ``chain`` meanwhile: a client waiting on a dead chain is moved at once, without
+        sitting out the chain-up timeout."""
+        attempt = asyncio.create_task(self._open(chain), name=f"auto-chain-up-{chain_label(chain)}")
+        try:
+            while True:
+                signal = self.relay.failover_signal()
+                waiter = asyncio.create_task(signal.wait(), name="auto-failover-wait")
+                try:
+                    await asyncio.wait({attempt, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+                if attempt.done():
+                    return attempt.result()
+                if self.relay.current != chain:
+                    raise _Superseded
+        finally:
+            if not attempt.done():
+                attempt.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await attempt
+
     async def _handle(self, client: Any) -> None:
         import socket as _socket
 
@@ -682,7 +721,9 @@ class AutoEntry:
             tried.append(chain)
             started = loop.time()
             try:
-                upstream = await self._open(chain)
+                upstream = await self._open_unless_failed_over(chain)
+            except _Superseded:
+                continue  # the relay failed over while this chain-up was pending: go again
             except Exception as exc:
                 reason, seg = blame(chain, relay.cfg.target_name, exc)
                 relay.chain_failed(chain, f"chain-up failed: {reason}", seg)

@@ -397,3 +397,50 @@ def test_history_records_decisions_and_plans(tmp_path: Path) -> None:
     assert rows[0]["predicted"]["predicted"]["rtt_ms"] == pytest.approx(11.0, abs=1.0)
     assert rows[0]["observed"]["segments"][0]["to"] == "br"
     assert len(plans) >= 1 and plans[0]["model"] == "latency" and plans[0]["target"] == "br"
+
+
+async def test_pending_chain_up_moves_at_once_on_failover(tmp_path: Path, echo: EchoServer) -> None:
+    """A client waiting on a chain that hangs is moved when the relay fails over, long before
+    the chain-up timeout."""
+    from linkscope.inventory import Inventory
+    from linkscope.relay.auto import SOURCE, RoundSamples
+
+    hole = socket.create_server(("127.0.0.4", 0))  # accepts, never answers: a black hole
+    try:
+        port = int(hole.getsockname()[1])
+        key = tmp_path / "bh.key"
+        key.write_text(os.urandom(32).hex() + "\n")
+        inv = Inventory(tmp_path, {"bh": Node("bh", "127.0.0.4", port, key, bytes(32))})
+        cfg = AutoConfig(
+            "127.0.0.1", echo.port, "127.0.0.1", inv, chain_timeout=20.0, model="latency"
+        )
+        relay = AutoRelay(cfg, prober=None)  # type: ignore[arg-type]
+        relay.feed(
+            RoundSamples(
+                {
+                    (SOURCE, "127.0.0.1"): [50.0, 50.0],
+                    (SOURCE, "bh"): [1.0, 1.0],
+                    ("bh", "127.0.0.1"): [1.0, 1.0],
+                },
+                {},
+                0.1,
+            )
+        )
+        assert relay.current == ("bh",)
+        entry = AutoEntry(relay, "127.0.0.1", 0)
+        serving = asyncio.create_task(entry.serve(), name="test-auto-entry")
+        try:
+            t0 = time.monotonic()
+            client = asyncio.create_task(roundtrip(entry.address[1], b"hello", timeout=10))
+            await asyncio.sleep(0.5)
+            assert not client.done()  # stuck in the black hole's chain-up
+            d = relay.segment_result((SOURCE, "bh"), [None, None])
+            assert d is not None and d.kind == DecisionKind.FAILOVER and d.chain == ()
+            assert await client == b"hello"
+            assert time.monotonic() - t0 < 2.0  # not the 20 s chain-up timeout
+            assert relay.chain_failures == 0  # abandoned, not failed: nothing to blame
+        finally:
+            entry.stop()
+            await asyncio.wait_for(serving, 10)
+    finally:
+        hole.close()
