@@ -14,9 +14,10 @@ Algorithm (exact for every model; tests compare it with brute force under hypoth
   dominated (no better key, fewer hops left) and skipped, so each node is expanded about once and
   popped walks never repeat a node. Pushes no better than the best target label found so far are
   pruned. Worst case O(H·E log(HV)) for H = max_hops; on real and random meshes it stops early.
-* Alternatives: Yen's k-shortest simple paths, each spur search being the same hop-limited
-  label-setting search with the root's nodes removed, the root's key as the starting label, and
-  the next hops already used by chains with that root banned.
+* Alternatives: Yen's k-shortest simple paths (with Lawler's rule: spur only from the
+  deviation point on), each spur search being the same hop-limited label-setting search with
+  the root's nodes removed, the root's key as the starting label, and the next hops already
+  used by chains with that root banned.
 * When the candidate chains are few (e.g. ``--via`` with a handful of relays) every subset and
   order is enumerated instead: exact, and ties are ranked fully.
 
@@ -134,6 +135,7 @@ class _Found:
     key: float
     rtt: float
     path: Path
+    dev: int = 0  # index of the node where it deviates from the chain it was spurred from
 
 
 def _rtt(d: EdgeData) -> float:
@@ -344,8 +346,9 @@ def _yen(
     seen = {first.path}
     candidates: list[tuple[tuple[float, float, int, Path], _Found]] = []
     while len(found) < count:
-        last = found[-1].path
-        for i in range(len(last) - 1):
+        last, dev = found[-1].path, found[-1].dev
+        # Lawler: spurs before the deviation point were already searched from its parent.
+        for i in range(dev, len(last) - 1):
             root = last[: i + 1]
             banned = {p.path[i + 1] for p in found if p.path[: i + 1] == root}
             if i == 0:
@@ -366,7 +369,7 @@ def _yen(
             total = ev.label(path)
             if total is None:  # pragma: no cover - the spur search only uses usable edges
                 continue
-            item = _Found(total[0], total[1], path)
+            item = _Found(total[0], total[1], path, i)
             heapq.heappush(candidates, (_rank(item.key, item.rtt, path), item))
         if not candidates:
             break
