@@ -274,7 +274,10 @@ def _number(value: object) -> bool:
 
 def read_measurements(path: str | Path) -> dict[str, Any]:
     """Parse a measurements file (JSON); ConfigError with the line on malformed JSON."""
-    path = Path(path)
+    return _read_measurements(Path(path))[0]
+
+
+def _read_measurements(path: Path) -> tuple[dict[str, Any], str]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -289,7 +292,7 @@ def read_measurements(path: str | Path) -> dict[str, Any]:
         raise ConfigError("invalid JSON: nested too deeply", str(path)) from exc
     if not isinstance(doc, dict):
         raise ConfigError("measurements must be a JSON object {source, edges}", str(path), 1)
-    return doc
+    return doc, text
 
 
 def graph_from_measurements(
@@ -307,10 +310,10 @@ def graph_from_measurements(
     document other than the source is a candidate (the plan excludes its target). Edges older
     than ``max_age_s`` are kept and marked ``stale``.
     """
+    doc: Mapping[str, Any]
     if isinstance(doc_or_path, str | Path):
         where = str(doc_or_path)
-        doc: Mapping[str, Any] = read_measurements(doc_or_path)
-        text = Path(doc_or_path).read_text(encoding="utf-8")
+        doc, text = _read_measurements(Path(doc_or_path))
         starts = [0] + [m.end() for m in re.finditer("\n", text)]
         ctx = _Doc(where, text, starts)
     else:

@@ -87,14 +87,15 @@ def test_add_edge_validation() -> None:
     g = new_graph("a", ["r"])
     add_edge(g, "a", "r", rtt_ms=5, loss=0, measured_at=None, source="agent")
     assert g.nodes["r"]["relay"] and not g.nodes["a"]["relay"]
-    for kwargs, msg in [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"rtt_ms": -1.0, "loss": 0.0}, "rtt_ms"),
         ({"rtt_ms": float("nan"), "loss": 0.0}, "rtt_ms"),
         ({"rtt_ms": 1.0, "loss": 1.5}, "loss"),
         ({"rtt_ms": None, "loss": 0.5}, "rtt_ms is required"),
         ({"rtt_ms": 1.0, "loss": 0.0, "jitter_ms": -1.0}, "jitter"),
         ({"rtt_ms": 1.0, "loss": 0.0, "source": "guess"}, "source"),
-    ]:
+    ]
+    for kwargs, msg in cases:
         with pytest.raises(ValueError, match=msg):
             add_edge(g, "a", "b", **kwargs)
     with pytest.raises(ValueError, match="loop"):

@@ -48,7 +48,8 @@ def test_brazil_numbers(brazil: nx.DiGraph) -> None:
     # home→sh 20 ms/0 %, sh→br 300 ms/9 %/1.4 ms jitter: 10 + 150 + 0.09/0.91 * 305.6
     assert sh.cost == pytest.approx(10 + 150 + 0.09 / 0.91 * 305.6)
     assert sh.rtt_ms == 320.0 and sh.loss == pytest.approx(0.09)
-    assert plan.direct is not None and plan.direct.cost == pytest.approx(175 + 0.39 / 0.61 * 356)
+    assert plan.direct is not None and plan.direct.cost is not None and sh.cost is not None
+    assert plan.direct.cost == pytest.approx(175 + 0.39 / 0.61 * 356)
     assert sh.gain == pytest.approx(plan.direct.cost - sh.cost)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any
+from typing import Any, Literal
 
 import networkx as nx
 from hypothesis import given, settings
@@ -108,7 +108,8 @@ def test_search_matches_brute_force(
         else:
             avoid, allowed = chosen, sorted(set(relays) - set(chosen))
     expected = brute_force(g, model, allowed, max_hops, hop_cost)
-    for method in ("search", "enumerate"):
+    methods: tuple[Literal["search", "enumerate"], ...] = ("search", "enumerate")
+    for method in methods:
         plan = plan_chains(
             g,
             "s",
@@ -119,7 +120,7 @@ def test_search_matches_brute_force(
             max_hops=max_hops,
             alternatives=alternatives,
             hop_cost_ms=hop_cost,
-            method=method,  # type: ignore[arg-type]
+            method=method,
         )
         check_chains(g, plan, allowed, max_hops)
         want = [key for key, _ in expected[: alternatives + 1]]
