@@ -180,23 +180,55 @@ def relay(
     auto: bool = typer.Option(False, "--auto", help="Probe, plan and switch chains automatically."),
     nodes: Path | None = typer.Option(None, "--nodes", help="Inventory TOML (default: XDG)."),
     pump_mode: str = typer.Option("splice", "--pump", help=PUMP_HELP),
-    chain_timeout: float = typer.Option(
-        10.0, "--chain-timeout", help="Seconds to wait for chain-up."
+    chain_timeout: float | None = typer.Option(
+        None, "--chain-timeout", help="Seconds to wait for chain-up (10 with --chain, 4 --auto)."
     ),
     max_connections: int = typer.Option(8000, "--max-connections", min=1),
     idle_timeout: float | None = typer.Option(
         None, "--idle-timeout", help="Seconds; off by default."
     ),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout at exit."),
+    optimize: str = typer.Option("interactive", "--optimize", help="--auto: cost model."),
+    interval: float = typer.Option(10.0, "--interval", help="--auto: seconds between rounds."),
+    hysteresis: float = typer.Option(0.10, "--hysteresis", help="--auto: gain needed to switch."),
+    rounds: int = typer.Option(3, "--rounds", help="--auto: consecutive rounds to switch."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="--auto: plan and show; do not listen."),
+    db: Path | None = typer.Option(None, "--db", help="--auto: history database."),
+    max_hops: int = typer.Option(3, "--max-hops", help="--auto: most relays in a chain."),
+    probe_count: int = typer.Option(10, "--probe-count", help="--auto: probes per segment."),
+    loss_window: int = typer.Option(100, "--loss-window", help="--auto: probes in loss window."),
 ) -> None:
-    """Accept local clients and carry each through a relay chain to --to."""
+    """Accept local clients and carry each through a relay chain (--chain a,b) to --to, or let
+    --auto probe, plan and switch chains."""
     from linkscope.inventory import load_inventory
     from linkscope.relay.entry import ChainFailure, Entry
 
     if auto and chain:
         raise InputError("give --chain or --auto, not both")
     if auto:
-        raise InputError("--auto is not available in this build yet; use --chain a,b")
+        from linkscope.cli.auto import run_relay_auto
+
+        rc = run_relay_auto(
+            listen,
+            to,
+            nodes,
+            optimize,
+            interval,
+            hysteresis,
+            rounds,
+            dry_run,
+            db,
+            json_out,
+            max_hops=max_hops,
+            probe_count=probe_count,
+            loss_window=loss_window,
+            chain_timeout=4.0 if chain_timeout is None else chain_timeout,
+        )
+        if rc:
+            raise typer.Exit(rc)
+        return
+    if chain_timeout is None:
+        chain_timeout = 10.0
     if not chain:
         raise InputError("give --chain a,b (the relay nodes, in order)")
     host, port = parse_hostport(listen, "--listen")

@@ -93,8 +93,8 @@ def inventory(tmp_path: Path, key: Path) -> Path:
         (["--chain", "a,zz"], "no node named zz"),
         (["--chain", "a,,a"], "empty node name"),
         (["--chain", "a", "--to", "localhost"], "--to must be HOST:PORT"),
-        (["--auto"], "--auto"),
         ([], "give --chain"),
+        (["--auto", "--optimize", "fastest"], "fastest"),
         (["--chain", "a", "--auto"], "not both"),
     ],
 )
