@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from linkscope.lab import Lab, parse_topology
+from linkscope.lab import Lab, parse_topology, random_topology
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -84,6 +84,15 @@ def main() -> int:
         run_case("emulator 5 ms delay each way", topology(True, "delay_ms = 5\n"), s),
         run_case("emulator 100 Mbit/s rate limit", topology(True, "rate_mbit = 100\n"), s),
     ]
+    sizes = []
+    for n in (6, 50, 150):
+        topo = random_topology(n, seed=1)
+        t0 = time.monotonic()
+        lab = Lab(topo).up()
+        t1 = time.monotonic()
+        lab.down()
+        t2 = time.monotonic()
+        sizes.append((n, len(topo.links), t1 - t0, t2 - t1))
     anchor = float(cases[0]["mbit_s"])  # type: ignore[arg-type]
     lines = [
         "| case | Mbit/s | × veth | packets/s (both directions) | emulator CPU (% of a core) |"
@@ -106,6 +115,8 @@ def main() -> int:
         f"Goal (DESIGN.md): >= 1 Gbit/s at 0 delay on one core: {zero / 1000:.2f} Gbit/s, {verdict}"
         " (DESIGN.md prototype anchor: 2.1 Gbit/s).",
     ]
+    lines += ["", "| random topology | links | bring-up s | teardown s |", "|---|---|---|---|"]
+    lines += [f"| {n} nodes | {links} | {up:.2f} | {down:.2f} |" for n, links, up, down in sizes]
     table = "\n".join(lines)
     print(table)
     if args.out:

@@ -435,14 +435,21 @@ class Lab:
     def verify(self) -> None:
         """Refuse a lab where a namespace has a default route, a route out of 198.18.0.0/15,
         an unexpected device or a link whose peer is outside the lab."""
+        from concurrent.futures import ThreadPoolExecutor
+
         lab_ns = {self.netns(n) for n in self.nodes}
-        for node in self.nodes:
-            ns = self.netns(node)
-            res = nsops.run(
+
+        def dump(ns: str) -> str:
+            return nsops.run(
                 [_ip_bin(), "-n", ns, "-j", "-d", "-batch", "-"],
                 input="link show\nroute show table all\nnetns list-id\n",
-            )
-            docs = _json_docs(res.stdout)
+            ).stdout
+
+        names = [self.netns(n) for n in self.nodes]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            outputs = list(pool.map(dump, names))
+        for ns, out in zip(names, outputs, strict=True):
+            docs = _json_docs(out)
             if len(docs) != 3:
                 raise LabError(f"unexpected output from ip in {ns}")
             links, routes, ids = docs
@@ -735,7 +742,7 @@ def _parallel_batches(cmds: Mapping[str, Sequence[str]]) -> None:
     running: list[tuple[str, subprocess.Popen[str], Any]] = []
     errors: list[str] = []
     while pending or running:
-        while pending and len(running) < 8:
+        while pending and len(running) < 16:
             ns, c = pending.pop(0)
             fh = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed after the child ran)
             fh.write("\n".join(c) + "\n")
