@@ -28,7 +28,7 @@ import statistics
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import networkx as nx
@@ -130,7 +130,7 @@ class RoundSamples:
     duration_s: float
 
 
-SegmentCallback = Callable[[Segment, Sequence[float | None]], object]
+SegmentCallback = Callable[[Segment, Sequence[float | None], str | None], object]
 
 
 async def measure_round(
@@ -153,9 +153,9 @@ async def measure_round(
     local_hosts = [cfg.target_host, *[n.host for n in nodes]]
     limit = timeout if timeout is not None else _round_budget(cfg)
 
-    def heard(seg: Segment, samples: Sequence[float | None]) -> None:
+    def heard(seg: Segment, samples: Sequence[float | None], why: str | None = None) -> None:
         if on_segment is not None:
-            on_segment(seg, samples)
+            on_segment(seg, samples, why)
 
     async def local(host: str) -> tuple[str, Samples | BaseException]:
         seg = (SOURCE, host_name[host])
@@ -163,7 +163,7 @@ async def measure_round(
             async with asyncio.timeout(limit):
                 res = await prober.local(host)
         except Exception as exc:  # a probe that fails counts as total loss this round
-            heard(seg, ())
+            heard(seg, (), f"probe of {seg[0]}→{seg[1]} failed: {_why(exc)}")
             return host, exc
         heard(seg, res)
         return host, res
@@ -174,7 +174,8 @@ async def measure_round(
             async with asyncio.timeout(limit):
                 res = await prober.via_agent(node, hosts)
         except Exception as exc:
-            heard((SOURCE, node.name), ())  # its agent did not answer: no chain through it
+            # its agent did not answer: no chain through it
+            heard((SOURCE, node.name), (), f"agent {node.name} did not answer: {_why(exc)}")
             return node, exc
         for host, samples in res.items():
             name = host_name.get(host)
@@ -279,6 +280,17 @@ class Estimates:
         self.agents_down = dict(rs.agents_down)
         self.measured_at = time.time() if at is None else at
 
+    def notes(self) -> dict[Segment, str]:
+        """Why segments are dead beyond plain total loss: their agent did not answer."""
+        out: dict[Segment, str] = {}
+        for name, why in self.agents_down.items():
+            note = f"agent {name} did not answer: {why}"
+            out[(SOURCE, name)] = note
+            for u, v in self.links:
+                if u == name:
+                    out[(u, v)] = note
+        return out
+
     def dead(self) -> frozenset[Segment]:
         """Segments dead this round: total loss, or through an agent that did not answer."""
         out = {seg for seg, e in self.links.items() if e.dead}
@@ -357,6 +369,15 @@ def evaluate(
     ranked = sorted(statuses, key=lambda c: (_cost(model, c.cost), len(c.hops), c.hops))
     rnd = Round(tuple(Candidate(c.hops, _cost(model, c.cost)) for c in ranked), frozenset(dead))
     return rnd, tuple(ranked)
+
+
+def _absolute_gain(model: str, direct: ChainStatus | None, c: ChainStatus) -> float | None:
+    """The planner's gain (in the model's unit, as `linkscope plan` stores it)."""
+    from linkscope.costs import get_model
+
+    if direct is None or direct.cost is None or c.cost is None:
+        return None
+    return _finite(get_model(model).gain(direct.cost, c.cost))
 
 
 def _has_path(g: nx.DiGraph, chain: Chain, target: str) -> bool:
@@ -474,7 +495,9 @@ class AutoRelay:
         rs = await measure_round(self.prober, self.cfg, on_segment=self.segment_result)
         return self.feed(rs)
 
-    def segment_result(self, seg: Segment, samples: Sequence[float | None]) -> Decision | None:
+    def segment_result(
+        self, seg: Segment, samples: Sequence[float | None], why: str | None = None
+    ) -> Decision | None:
         """One segment's probes of this round are in: total loss on the current chain fails
         over at once, without waiting for the rest of the round."""
         cur = self.current
@@ -483,7 +506,7 @@ class AutoRelay:
         if seg not in segments(SOURCE, cur, self.cfg.target_name):
             return None
         d = self.decider.on_chain_failed(
-            ChainFailed(cur, f"total loss on {seg[0]}→{seg[1]}", segment=seg)
+            ChainFailed(cur, why or f"total loss on {seg[0]}→{seg[1]}", segment=seg)
         )
         return None if d is None else self._record(d)
 
@@ -501,6 +524,7 @@ class AutoRelay:
             current=self.decider.current,
             dead=dead,
         )
+        rnd = replace(rnd, notes=self.estimates.notes())
         return self._record(self.decider.on_round(rnd))
 
     def chain_failed(self, chain: Chain, reason: str, segment: Segment | None) -> Decision | None:
@@ -577,7 +601,11 @@ class AutoRelay:
                 "loss": _finite(direct.loss),
                 "cost": _finite(direct.cost),
             },
-            "chains": [c.to_dict() for c in self.candidates if c.hops != DIRECT],
+            "chains": [
+                {**c.to_dict(), "gain": _absolute_gain(self.cfg.model, direct, c)}
+                for c in self.candidates
+                if c.hops != DIRECT
+            ],
         }
 
     async def run_rounds(

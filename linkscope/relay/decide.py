@@ -128,6 +128,11 @@ class Round:
 
     candidates: tuple[Candidate, ...]
     dead: frozenset[Segment] = frozenset()
+    notes: Mapping[Segment, str] = field(default_factory=dict)  # why a dead segment is dead
+
+    def why_dead(self, seg: Segment) -> str:
+        """``total loss on a→b``, or the note the loop left (e.g. an agent did not answer)."""
+        return self.notes.get(seg) or f"total loss on {seg[0]}→{seg[1]}"
 
     def cost_of(self, chain: Chain) -> float | None:
         """The predicted cost of ``chain`` this round, None when it was not evaluated."""
@@ -286,7 +291,7 @@ class Decider:
         dead = [s for s in self.segments_of(cur) if s in rnd.dead]
         if dead or cur_cost is None or not math.isfinite(cur_cost) or self.held_down(cur):
             if dead:
-                why = "total loss on " + ", ".join(f"{a}→{b}" for a, b in dead)
+                why = "; ".join(dict.fromkeys(rnd.why_dead(seg) for seg in dead))
             elif self.held_down(cur):
                 why = "chain failed to come up"
             else:
@@ -460,10 +465,13 @@ class Decider:
 def round_from_costs(
     costs: Mapping[Chain, float] | Iterable[tuple[Chain, float]],
     dead: Iterable[Segment] = (),
+    notes: Mapping[Segment, str] | None = None,
 ) -> Round:
     """Build a ``Round`` from ``{chain: cost}`` (a convenience for the loop and the tests)."""
     items = costs.items() if isinstance(costs, Mapping) else costs
-    return Round(tuple(Candidate(tuple(h), float(c)) for h, c in items), frozenset(dead))
+    return Round(
+        tuple(Candidate(tuple(h), float(c)) for h, c in items), frozenset(dead), dict(notes or {})
+    )
 
 
 __all__ = [

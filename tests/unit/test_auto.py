@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -148,6 +149,7 @@ def test_agent_down_makes_its_segments_dead() -> None:
     d = relay.feed(rs(samples, {"sh": "timeout"}))
     assert d.kind == DecisionKind.FAILOVER
     assert "sh" not in d.chain
+    assert "agent sh did not answer: timeout" in d.reason
     dead = relay.estimates.dead()
     assert (SOURCE, "sh") in dead and ("sh", "br") in dead
 
@@ -304,3 +306,41 @@ def test_blame_direct() -> None:
 def test_suspect_segment_out_of_range() -> None:
     assert suspect_segment(("sh",), "br", 5, True) is None
     assert suspect_segment(("sh",), "br", None, False) is None
+
+
+# -- rendering ------------------------------------------------------------------------------------
+def test_status_view_and_plan_view_render_the_state() -> None:
+    import io
+
+    from rich.console import Console
+
+    from linkscope.cli.render.auto import plan_view, status_view
+
+    relay = AutoRelay(cfg(), prober=None, listen="127.0.0.1:2222")  # type: ignore[arg-type]
+    first = relay.feed(rs(BRAZIL))
+    relay.feed(rs(with_(local_sh=[None] * 10)))
+    relay.chain_up(321.0)
+    buf = io.StringIO()
+    con = Console(file=buf, width=140, color_system=None)
+    con.print(status_view(relay.status()))
+    con.print(plan_view(relay.status(), first))
+    out = buf.getvalue()
+    assert "relay --auto 127.0.0.1:2222 → 10.0.0.9:22" in out
+    assert "failovers=1" in out and "chain-up p50 321.0 ms" in out
+    assert "local→sh" in out and "DOWN" in out
+    assert "failover" in out and "total loss on local→sh" in out
+    assert "chosen: sh" in out
+
+
+def test_log_line_formats() -> None:
+    from linkscope.cli.render.auto import decision_fields, log_line
+
+    relay = AutoRelay(cfg(), prober=None)  # type: ignore[arg-type]
+    d = relay.feed(rs(BRAZIL))
+    fields = decision_fields(d, relay.status())
+    kv = log_line("decision", fields)
+    assert kv.startswith("ts=") and " event=decision kind=initial " in kv
+    assert f"chain={fields['chain']}" in kv and 'reason="' in kv and "previous=- " in kv
+    doc = json.loads(log_line("decision", {**fields, "x": math.inf}, as_json=True))
+    assert doc["event"] == "decision" and doc["kind"] == "initial" and doc["x"] is None
+    assert doc["predicted_rtt_ms"] == pytest.approx(fields["predicted_rtt_ms"])

@@ -218,6 +218,15 @@ def test_failover_at_once_on_total_loss() -> None:
     assert "total loss on home→sh" in out.reason
 
 
+def test_failover_reason_uses_the_loop_notes() -> None:
+    d = decider()
+    d.on_round(round_from_costs({DIRECT: 300.0, SH: 100.0}))
+    notes = {("home", "sh"): "agent sh did not answer: timeout"}
+    out = d.on_round(round_from_costs({DIRECT: 300.0, SH: 100.0}, [("home", "sh")], notes))
+    assert out.kind == DecisionKind.FAILOVER
+    assert "sh: agent sh did not answer: timeout; failing over to direct" in out.reason
+
+
 def test_failover_picks_next_best_not_sharing_dead_segment() -> None:
     d = decider()
     d.on_round(round_from_costs({DIRECT: 300.0, SH: 100.0, SHMX: 90.0, MX: 150.0}))
