@@ -369,9 +369,15 @@ def plan_frame(plan: Mapping[str, Any], *, plan_id: int = 1) -> pd.DataFrame:
     try:
         direct = plan.get("direct") or {}
         rows = [
-            {"rank": 0, "hops": "", "rtt_ms": direct.get("rtt_ms"), "loss": direct.get("loss"),
-             "cost": direct.get("cost"), "gain": 0.0}
-        ]  # fmt: skip
+            {
+                "rank": 0,
+                "hops": "",
+                "rtt_ms": direct.get("rtt_ms"),
+                "loss": direct.get("loss"),
+                "cost": direct.get("cost"),
+                "gain": 0.0,
+            }
+        ]
         for rank, chain in enumerate(plan.get("chains") or (), start=1):
             rows.append(
                 {
@@ -509,22 +515,33 @@ def plot_rtt_loss(
         raise InputError(f"RTT/loss plot: unknown time zone {tz!r}") from exc
     runs = (
         pings.groupby(["target", "run_id"], sort=False)
-        .agg(started_at=("started_at", "first"), rtt_p50_ms=("rtt_ms", "median"),
-             loss=("lost", "mean"))
+        .agg(
+            started_at=("started_at", "first"),
+            rtt_p50_ms=("rtt_ms", "median"),
+            loss=("lost", "mean"),
+        )
         .reset_index()
         .sort_values("started_at")
-    )  # fmt: skip
+    )
     fig, root = _canvas(into, 5.5)
     ax_rtt, ax_loss = fig.subplots(2, 1, sharex=True, height_ratios=(3, 2))
     for i, (target, rows) in enumerate(runs.groupby("target", sort=True)):
         colour = PALETTE[i % len(PALETTE)]
         got = pings[(pings["target"] == target) & ~pings["lost"]]
-        ax_rtt.scatter(got["started_at"], got["rtt_ms"], s=6, alpha=0.25, color=colour,
-                       linewidths=0)  # fmt: skip
-        ax_rtt.plot(rows["started_at"], rows["rtt_p50_ms"], "-o", ms=3, color=colour,
-                    label=f"{target} (median per run)")  # fmt: skip
-        ax_loss.plot(rows["started_at"], 100 * rows["loss"], "-o", ms=3, color=colour,
-                     label=str(target))  # fmt: skip
+        ax_rtt.scatter(
+            got["started_at"], got["rtt_ms"], s=6, alpha=0.25, color=colour, linewidths=0
+        )
+        ax_rtt.plot(
+            rows["started_at"],
+            rows["rtt_p50_ms"],
+            "-o",
+            ms=3,
+            color=colour,
+            label=f"{target} (median per run)",
+        )
+        ax_loss.plot(
+            rows["started_at"], 100 * rows["loss"], "-o", ms=3, color=colour, label=str(target)
+        )
     ax_rtt.set_ylabel("RTT (ms)")
     ax_rtt.set_ylim(bottom=0)
     ax_rtt.set_title("RTT and loss over time (dots: each echo reply)")
@@ -559,8 +576,14 @@ def plot_ping_samples(pings: pd.DataFrame, *, into: Any = None) -> Figure:
         label = f"{target}: {len(lost)}/{len(rows)} lost, median {_ms(median)} ms"
         ax.plot(got["seq"] + offset, got["rtt_ms"], "-o", ms=3, lw=0.8, color=colour, label=label)
         if not lost.empty:
-            ax.scatter(lost["seq"] + offset, [lost_y] * len(lost), marker="x", s=30,
-                       color=DIRECT_COLOUR, zorder=3)  # fmt: skip
+            ax.scatter(
+                lost["seq"] + offset,
+                [lost_y] * len(lost),
+                marker="x",
+                s=30,
+                color=DIRECT_COLOUR,
+                zorder=3,
+            )
         offset += int(rows["seq"].max()) + 2
     ax.axhline(lost_y, color=DIRECT_COLOUR, lw=0.5, ls=":")
     ax.set_ylim(0, top * 1.2)
@@ -751,15 +774,33 @@ def plot_path_map(
     direct_km = great_circle_km(pts[0][0], pts[0][1], pts[-1][0], pts[-1][1])
     fig, root = _canvas(into, m.height)
     ax = fig.subplots()
-    ax.plot(m.c_lons, m.c_lats, "--", color="grey", lw=1.2,
-            label=f"direct great circle: {direct_km:,.0f} km")  # fmt: skip
-    ax.plot(m.lons, m.lats, "-", color=DIRECT_COLOUR, lw=2, alpha=0.8,
-            label=f"measured path: {path_km:,.0f} km")  # fmt: skip
+    ax.plot(
+        m.c_lons,
+        m.c_lats,
+        "--",
+        color="grey",
+        lw=1.2,
+        label=f"direct great circle: {direct_km:,.0f} km",
+    )
+    ax.plot(
+        m.lons,
+        m.lats,
+        "-",
+        color=DIRECT_COLOUR,
+        lw=2,
+        alpha=0.8,
+        label=f"measured path: {path_km:,.0f} km",
+    )
     ax.scatter(m.lons, m.lats, s=40, color=DIRECT_COLOUR, zorder=3)
     for i, (lon, lat, p) in enumerate(zip(m.lons, m.lats, pts, strict=True)):
         below = i % 2 == 1  # alternate sides: neighbouring cities' labels do not overlap
-        ax.annotate(f"{i}. {p[2]}", (lon, lat), xytext=(6, -12 if below else 6),
-                    textcoords="offset points", fontsize="small")  # fmt: skip
+        ax.annotate(
+            f"{i}. {p[2]}",
+            (lon, lat),
+            xytext=(6, -12 if below else 6),
+            textcoords="offset points",
+            fontsize="small",
+        )
     ax.set_xlim(*m.xlim)
     ax.set_ylim(*m.ylim)
     ax.set_aspect("equal", adjustable="box")
@@ -790,8 +831,11 @@ def plot_plan(plans: pd.DataFrame, plan_id: int | None = None, *, into: Any = No
     Takes ``load_plans``' frame (or ``plan_frame``'s); ``plan_id`` defaults to the latest plan.
     Direct is red, the best chain green.
     """
-    _require(plans, ("plan_id", "created_at", "rank", "label", "model", "rtt_ms", "loss", "cost"),
-             "plan plot")  # fmt: skip
+    _require(
+        plans,
+        ("plan_id", "created_at", "rank", "label", "model", "rtt_ms", "loss", "cost"),
+        "plan plot",
+    )
     rows = _pick(plans, "plan_id", plan_id, "created_at", "plan plot").sort_values("rank")
     labels = [str(v) for v in rows["label"]]
     ranks = [int(v) for v in rows["rank"]]
@@ -851,8 +895,12 @@ def plot_relay_matrix(
         for src, dst, v in zip(edges["src"], edges["dst"], _floats(edges[metric]), strict=True):
             grid[index[str(src)], index[str(dst)]] = v * 100 if is_loss else v
         finite = grid[np.isfinite(grid)]
-        image = ax.imshow(np.ma.masked_invalid(grid), cmap="magma_r" if is_loss else "viridis_r",
-                          vmin=0, vmax=float(finite.max()) if finite.size else 1.0)  # fmt: skip
+        image = ax.imshow(
+            np.ma.masked_invalid(grid),
+            cmap="magma_r" if is_loss else "viridis_r",
+            vmin=0,
+            vmax=float(finite.max()) if finite.size else 1.0,
+        )
         title = (
             "loss (%)"
             if is_loss
@@ -862,8 +910,15 @@ def plot_relay_matrix(
         mid = float(finite.max()) / 2 if finite.size else 0.0
         for i, j in zip(*np.nonzero(np.isfinite(grid)), strict=True):
             v = float(grid[i, j])
-            ax.text(j, i, f"{v:.1f}" if is_loss else _ms(v), ha="center", va="center",
-                    fontsize="small", color="white" if v > mid else "black")  # fmt: skip
+            ax.text(
+                j,
+                i,
+                f"{v:.1f}" if is_loss else _ms(v),
+                ha="center",
+                va="center",
+                fontsize="small",
+                color="white" if v > mid else "black",
+            )
         ax.set_xticks(range(len(nodes)), nodes, rotation=45, ha="right")
         ax.set_yticks(range(len(nodes)), nodes)
         ax.set_xlabel("to")
@@ -897,8 +952,14 @@ def plot_delay_cdf(
         drawn += 1
         p50, p95 = (float(np.percentile(values, q)) for q in (50, 95))
         label = f"{name}: median {_ms(p50)} ms, p95 {_ms(p95)} ms (n={values.size})"
-        ax.step(values, np.arange(1, values.size + 1) / values.size, where="post",
-                color=PALETTE[i % len(PALETTE)], lw=1.8, label=label)  # fmt: skip
+        ax.step(
+            values,
+            np.arange(1, values.size + 1) / values.size,
+            where="post",
+            color=PALETTE[i % len(PALETTE)],
+            lw=1.8,
+            label=label,
+        )
     if not drawn:
         raise NoData(f"delay CDF: no finite {value} values to plot")
     ax.set_xlabel(value.replace("rtt", "RTT").replace("_ms", " (ms)").replace("_", " "))

@@ -64,14 +64,38 @@ def br_probe(rng: random.Random, started_at: float, count: int, busy: float) -> 
         got = [2 * ONE_WAY_MS[i] + rng.gauss(2, 1) for _ in range(5) if rng.random() > HOP_LOSS[i]]
         hop_rtts = tuple(round(max(0.1, r), 3) for r in got) or (2 * ONE_WAY_MS[i],)
         hops.append(
-            Hop(ttl=len(hops) + 1, address=address, sent=5, rtts=hop_rtts, name=name,
-                country=country, city=city, asn=asn, org=f"AS{asn}", lat=lat, lon=lon)
-        )  # fmt: skip
-    trace = Trace(target="br", address="198.18.0.4", protocol="icmp", hops=tuple(hops),
-                  reached=True, probes=5, duration_s=1.2)  # fmt: skip
+            Hop(
+                ttl=len(hops) + 1,
+                address=address,
+                sent=5,
+                rtts=hop_rtts,
+                name=name,
+                country=country,
+                city=city,
+                asn=asn,
+                org=f"AS{asn}",
+                lat=lat,
+                lon=lon,
+            )
+        )
+    trace = Trace(
+        target="br",
+        address="198.18.0.4",
+        protocol="icmp",
+        hops=tuple(hops),
+        reached=True,
+        probes=5,
+        duration_s=1.2,
+    )
     ping = PingStats(target="br", address="198.18.0.4", method="icmp-raw", rtts=rtts)
-    return ProbeResult(target="br", address="198.18.0.4", ping=ping, trace=trace,
-                       started_at=started_at, floor_rtt_ms=176.1)  # fmt: skip
+    return ProbeResult(
+        target="br",
+        address="198.18.0.4",
+        ping=ping,
+        trace=trace,
+        started_at=started_at,
+        floor_rtt_ms=176.1,
+    )
 
 
 def sh_probe(rng: random.Random, started_at: float, count: int) -> ProbeResult:
@@ -121,17 +145,31 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
             store.record_probe(r)
             written["probes"].append(r)
         # a real probe on loopback (its own time), and a standalone trace
-        real = asyncio.run(probe_target("127.0.0.1", count=4, interval=0.01, timeout=0.5,
-                                        probes=2, max_ttl=4, trace_timeout=0.5))  # fmt: skip
+        real = asyncio.run(
+            probe_target(
+                "127.0.0.1",
+                count=4,
+                interval=0.01,
+                timeout=0.5,
+                probes=2,
+                max_ttl=4,
+                trace_timeout=0.5,
+            )
+        )
         store.record_probe(real)
         written["probes"].append(real)
         written["trace_id"] = store.record_trace(written["probes"][0].trace, "br-standalone")
         written["plans"].append(store.record_plan(PLAN, created_at=T0 + 2 * HOUR))
-        written["plans"].append(store.record_plan({**PLAN, "chains": PLAN["chains"][:1]},
-                                                  created_at=T0 + 3 * HOUR))  # fmt: skip
-        store.record_decision(["sh", "mx"], "switch", predicted=PLAN["chains"][0],
-                              observed={"chain_up_p50_ms": 320.5, "segments_rtt_ms": None},
-                              at=T0 + 2 * HOUR + 5)  # fmt: skip
+        written["plans"].append(
+            store.record_plan({**PLAN, "chains": PLAN["chains"][:1]}, created_at=T0 + 3 * HOUR)
+        )
+        store.record_decision(
+            ["sh", "mx"],
+            "switch",
+            predicted=PLAN["chains"][0],
+            observed={"chain_up_p50_ms": 320.5, "segments_rtt_ms": None},
+            at=T0 + 2 * HOUR + 5,
+        )
         store.record_decision("sh", "failover", predicted=PLAN["chains"][1], at=T0 + 4 * HOUR)
     yield written
 
@@ -464,8 +502,9 @@ def test_every_plot_names_missing_columns(name: str, schema: dict[str, str]) -> 
 def test_plot_for_probe_writes_a_png(history: dict[str, Any], tmp_path: Path) -> None:
     out = analysis.plot_for_probe(history["probes"][0].to_dict(), tmp_path / "probe.png")
     _, h = is_png(out.read_bytes())
-    several = analysis.plot_for_probe([p.to_dict() for p in history["probes"][-3:]],
-                                      tmp_path / "several.png")  # fmt: skip
+    several = analysis.plot_for_probe(
+        [p.to_dict() for p in history["probes"][-3:]], tmp_path / "several.png"
+    )
     _, h2 = is_png(several.read_bytes())
     assert h2 < h  # no trace panel for several targets
     empty = {**history["probes"][0].to_dict(), "ping": {"rtts_ms": [], "method": "icmp-raw"}}
@@ -500,8 +539,9 @@ def test_plot_for_trace_and_plan_write_pngs(history: dict[str, Any], tmp_path: P
 
 
 def test_render_demo_figure(history: dict[str, Any], tmp_path: Path) -> None:
-    out = analysis.render_demo_figure(history["path"], tmp_path / "demo.png", target="br",
-                                      source=(39.0842, 117.2009, "home"))  # fmt: skip
+    out = analysis.render_demo_figure(
+        history["path"], tmp_path / "demo.png", target="br", source=(39.0842, 117.2009, "home")
+    )
     w, h = is_png(out.read_bytes())
     # four panels stacked: map, hops (4), RTT/loss over time, the latest plan (2 rows)
     hops = analysis.load_traces(history["path"], target="br")
@@ -529,8 +569,9 @@ def run_module(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_module_cli_writes_the_demo_figure(history: dict[str, Any], tmp_path: Path) -> None:
     out = tmp_path / "demo.png"
-    res = run_module(str(history["path"]), str(out), "--target", "br",
-                     "--source", "39.08,117.2,home (Tianjin)")  # fmt: skip
+    res = run_module(
+        str(history["path"]), str(out), "--target", "br", "--source", "39.08,117.2,home (Tianjin)"
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == str(out)
     is_png(out.read_bytes())
