@@ -49,6 +49,7 @@ class Wire:
         loop.remove_reader(self.emu.timer.fd)
         for s in (self.tx, self.rx, *self._keep):
             s.close()
+        self.emu.close()  # the timerfd
 
 
 async def _run(
