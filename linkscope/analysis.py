@@ -238,13 +238,19 @@ def load_plans(
 
 
 def _flat(prefix: str, doc: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Scalar fields of a decision's predicted/observed document, as ``prefix_key``."""
+    """Scalar fields of a decision's predicted/observed document as ``prefix_key``; nested
+    documents as ``prefix_key_subkey``; lists of scalars comma-joined; lists of documents (the
+    per-segment details) left out: they are not one value per decision."""
     out: dict[str, Any] = {}
     for key, value in (doc or {}).items():
-        if isinstance(value, list | tuple):
-            value = ",".join(str(v) for v in value)
-        if value is None or isinstance(value, str | int | float):
-            out[f"{prefix}_{key}"] = value
+        name = f"{prefix}_{key}"
+        if isinstance(value, Mapping):
+            out.update(_flat(name, value))
+        elif isinstance(value, list | tuple):
+            if all(v is None or isinstance(v, str | int | float) for v in value):
+                out[name] = ",".join(str(v) for v in value)
+        elif value is None or isinstance(value, str | int | float):
+            out[name] = value
     return out
 
 

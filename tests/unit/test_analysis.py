@@ -171,6 +171,23 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
             at=T0 + 2 * HOUR + 5,
         )
         store.record_decision("sh", "failover", predicted=PLAN["chains"][1], at=T0 + 4 * HOUR)
+        # as relay --auto records one: its decision, with the chain's prediction nested
+        store.record_decision(
+            ["sh", "mx"],
+            "switch: gain 0.6 over 3 rounds",
+            predicted={
+                "kind": "switch",
+                "chain": ["sh", "mx"],
+                "streak": 3,
+                "previous": None,
+                "predicted": PLAN["chains"][0],
+            },
+            observed={
+                "segments_rtt_ms": 301.2,
+                "segments": [{"from": "home", "to": "sh", "rtt_ms": 20.1, "loss": 0.0}],
+            },
+            at=T0 + 5 * HOUR,
+        )
     yield written
 
 
@@ -279,14 +296,20 @@ def test_load_plans_one_row_per_ranked_chain(history: dict[str, Any]) -> None:
 def test_load_decisions_flattens_predicted_and_observed(history: dict[str, Any]) -> None:
     df = analysis.load_decisions(history["path"])
     assert list(df.columns)[:4] == list(analysis.DECISIONS_COLUMNS)
-    assert len(df) == 2
-    assert list(df["chain"]) == ["sh,mx", "sh"]
-    assert list(df["reason"]) == ["switch", "failover"]
+    assert len(df) == 3
+    assert list(df["chain"]) == ["sh,mx", "sh", "sh,mx"]
+    assert list(df["reason"])[:2] == ["switch", "failover"]
     assert str(df["predicted_rtt_ms"].dtype) == "float64"
-    assert list(df["predicted_rtt_ms"]) == [301.0, 321.0]
+    assert df["predicted_rtt_ms"].tolist()[:2] == [301.0, 321.0]
     assert str(df["predicted_hops"].dtype) == "string"
     assert df["observed_chain_up_p50_ms"].iloc[0] == 320.5
     assert math.isnan(df["observed_chain_up_p50_ms"].iloc[1])
+    auto = df.iloc[2]  # relay --auto's shape: nested prediction, per-segment list left out
+    assert auto["predicted_kind"] == "switch" and auto["predicted_streak"] == 3
+    assert auto["predicted_predicted_rtt_ms"] == 301.0
+    assert auto["predicted_predicted_hops"] == "sh,mx"
+    assert auto["observed_segments_rtt_ms"] == 301.2
+    assert "observed_segments" not in df.columns
     assert str(df["at"].dtype) == "datetime64[ns, UTC]"
     empty = analysis.load_decisions(history["path"], since=T0 + 10 * HOUR)
     assert empty.empty and list(empty.columns) == list(analysis.DECISIONS_COLUMNS)
