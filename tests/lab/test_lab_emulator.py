@@ -7,8 +7,6 @@ import socket
 import struct
 import time
 
-import pytest
-
 from linkscope.lab.emulator import Direction, Emulator
 
 
@@ -98,12 +96,13 @@ async def test_loss_is_seeded_and_reproducible() -> None:
 
 async def test_rate_limit_spaces_packets_and_tail_drops() -> None:
     # 1 Mbit/s, 1000-byte packets: 8 ms each on the wire; 20 ms of queue holds ~3 packets
-    w, _ = await _run({"rate_mbit": 1.0, "queue_ms": 20.0}, n=20, gap=0.0, size=1000, settle=0.2)
+    w, sent = await _run({"rate_mbit": 1.0, "queue_ms": 20.0}, n=20, gap=0.0, size=1000, settle=0.2)
     times = [t for t, _ in w.received]
     assert 3 <= len(times) <= 5
     assert w.d.dropped_queue == 20 - len(times)
-    # released one wire-time (8 ms) apart: the span of n packets is at least (n - 1) * 8 ms
-    assert times[-1] - times[0] >= (len(times) - 1) * 0.008 * 0.9
+    # each packet occupies the wire for 8 ms, the first one included: n packets cannot all have
+    # arrived before n * 8 ms after the first was sent (a late event loop only adds to this)
+    assert times[-1] - sent[0] >= len(times) * 0.008 * 0.98
 
 
 async def test_live_reconfiguration() -> None:
@@ -126,5 +125,5 @@ async def test_live_reconfiguration() -> None:
     finally:
         w.close()
     assert [s for _, s in w.received] == [1, 2]
-    assert w.received[1][0] - t0 == pytest.approx(0.050, abs=0.01)
+    assert 0.049 <= w.received[1][0] - t0 < 0.080  # late only if the machine is very busy
     assert stats["rx_packets"] == 3 and stats["tx_packets"] == 2 and stats["dropped_loss"] == 1
