@@ -209,6 +209,12 @@ def down(
         )
     if not removed and not kept:
         print("no lab to remove", file=sys.stderr)
+        leftovers = [p for p, st in labs.items() if lab_is_orphaned(st)]
+        if leftovers and not all_:
+            print(
+                f"leftovers of crashed runs: {', '.join(leftovers)} (remove them with --all)",
+                file=sys.stderr,
+            )
 
 
 app.add_typer(lab_app, name="lab")
