@@ -520,6 +520,7 @@ class Lab:
                 self._wrap(node, argv),
                 capture_output=True,
                 text=True,
+                errors="replace",  # a tool printing bytes must not crash the caller
                 timeout=timeout,
                 input=input,
                 env=full_env,
