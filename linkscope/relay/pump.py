@@ -36,6 +36,7 @@ PumpMode = Literal["splice", "buffered"]
 PIPE_SIZE: Final = 1 << 20
 CHUNK: Final = 1 << 20
 READS_PER_EVENT = int(os.environ.get("LINKSCOPE_SPLICE_READS", "4"))
+_MORE_LIKELY: Final = 64 * 1024
 HAS_SPLICE: Final = sys.platform == "linux" and hasattr(os, "splice")
 DEFAULT_MODE: PumpMode = "splice" if HAS_SPLICE else "buffered"
 _F_SETPIPE_SZ: Final = getattr(fcntl, "F_SETPIPE_SZ", 1031)
@@ -179,8 +180,8 @@ class _SpliceLeg:
             self.moved += n
             self.conn.active = True
             self._flush()
-            if not self.reading or self.conn.closed:
-                return
+            if not self.reading or self.conn.closed or n < _MORE_LIKELY:
+                return  # a short read means the socket is drained: skip the EAGAIN syscall
 
     def _on_writable(self) -> None:
         self._flush()
