@@ -159,7 +159,11 @@ class _SpliceLeg:
         pool = self.conn.pool
         for _ in range(READS_PER_EVENT):
             if self.pipe is None:
-                self.pipe = pool.acquire()
+                try:
+                    self.pipe = pool.acquire()
+                except OSError as exc:  # EMFILE: out of fds for pipes; drop this connection
+                    self.conn.fail(exc)
+                    return
             try:
                 n = os.splice(self.src, self.pipe[1], CHUNK, flags=_SPLICE_FLAGS)
             except BlockingIOError:
