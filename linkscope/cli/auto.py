@@ -17,6 +17,7 @@ import math
 import signal
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -77,19 +78,26 @@ class LiveProber:
         stats = await ping(host, count=self.count, interval=self.interval, timeout=self.timeout)
         return list(stats.rtts)
 
-    async def via_agent(self, node: Any, hosts: Sequence[str]) -> Mapping[str, list[float | None]]:
+    async def via_agent(
+        self, node: Any, hosts: Sequence[str]
+    ) -> Mapping[str, list[float | None] | str]:
         from linkscope.probe import PingStats
         from linkscope.relay.entry import probe_via_agent
 
         budget = self.count * self.interval + self.timeout + 1.0
         doc = await probe_via_agent(node, list(hosts), (), self.count, timeout=budget)
-        out: dict[str, list[float | None]] = {}
+        out: dict[str, list[float | None] | str] = {}
         for r in doc.get("results", []):
+            target = str(r.get("target"))
             ping_doc = r.get("ping")
-            if not isinstance(ping_doc, dict) or "error" in ping_doc or "method" not in ping_doc:
-                out[str(r.get("target"))] = []
-                continue
-            out[str(r.get("target"))] = list(PingStats.from_dict(ping_doc).rtts)
+            if r.get("error"):
+                out[target] = str(r["error"])
+            elif not isinstance(ping_doc, dict):
+                out[target] = "the agent has no ping engine"
+            elif "error" in ping_doc or "method" not in ping_doc:
+                out[target] = f"ping failed: {ping_doc.get('error', 'malformed result')}"
+            else:
+                out[target] = list(PingStats.from_dict(ping_doc).rtts)
         return out
 
 
@@ -112,10 +120,12 @@ class DecisionLog:
         self.target = target
         self.model = model
         self.store_errors = 0
+        self.recent: deque[tuple[str, dict[str, object]]] = deque(maxlen=8)
 
     def line(self, event: str, fields: Mapping[str, object]) -> None:
         from linkscope.cli.render.auto import log_line
 
+        self.recent.append((event, dict(fields)))
         if self.stream is not None:
             self.stream.write(log_line(event, fields, as_json=self.as_json) + "\n")
             self.stream.flush()
@@ -253,7 +263,9 @@ def run_relay_auto(
     prober = LiveProber(
         count=cfg.probe_count, interval=cfg.probe_interval, timeout=cfg.probe_timeout
     )
-    relay = AutoRelay(cfg, prober, listen=f"{host}:{port}", on_decision=log.decision)
+    relay = AutoRelay(
+        cfg, prober, listen=f"{host}:{port}", on_decision=log.decision, on_event=log.line
+    )
 
     entry: AutoEntry | None = None
     if not dry_run:
@@ -344,12 +356,14 @@ async def _serve(
 
     live_view: Live | None = None
     if use_live:
-        live_view = Live(status_view(relay.status()), console=err, refresh_per_second=2)
+        live_view = Live(
+            status_view(relay.status(), list(log.recent)), console=err, refresh_per_second=2
+        )
         live_view.start()
 
     def tick() -> None:
         if live_view is not None:
-            live_view.update(status_view(relay.status()))
+            live_view.update(status_view(relay.status(), list(log.recent)))
 
     async def refresh() -> None:
         while live_view is not None:

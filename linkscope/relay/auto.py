@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 import networkx as nx
 
-from linkscope.errors import InputError
+from linkscope.errors import InputError, LinkscopeError
 from linkscope.inventory import Inventory, Node
 from linkscope.relay.decide import (
     DIRECT,
@@ -116,8 +116,12 @@ class Prober(Protocol):
         """Probe ``host`` from here: one RTT in ms per answered probe, None per lost one."""
         ...
 
-    async def via_agent(self, node: Node, hosts: Sequence[str]) -> Mapping[str, Samples]:
-        """Ask ``node``'s agent to probe ``hosts``; raises when the agent does not answer."""
+    async def via_agent(self, node: Node, hosts: Sequence[str]) -> Mapping[str, Samples | str]:
+        """Ask ``node``'s agent to probe ``hosts``; raises when the agent does not answer.
+
+        A host the agent answered about but could not probe maps to the agent's reason (e.g.
+        ``not allowed``) instead of samples.
+        """
         ...
 
 
@@ -128,6 +132,7 @@ class RoundSamples:
     samples: Mapping[Segment, Samples]
     agents_down: Mapping[str, str]  # node name -> why its agent did not answer
     duration_s: float
+    errors: Mapping[Segment, str] = field(default_factory=dict)  # agent-reported, per segment
 
 
 SegmentCallback = Callable[[Segment, Sequence[float | None], str | None], object]
@@ -168,7 +173,7 @@ async def measure_round(
         heard(seg, res)
         return host, res
 
-    async def agent(node: Node) -> tuple[Node, Mapping[str, Samples] | BaseException]:
+    async def agent(node: Node) -> tuple[Node, Mapping[str, Samples | str] | BaseException]:
         hosts = [cfg.target_host, *[n.host for n in nodes if n.name != node.name]]
         try:
             async with asyncio.timeout(limit):
@@ -180,7 +185,12 @@ async def measure_round(
         for host, samples in res.items():
             name = host_name.get(host)
             if name is not None and name != node.name:
-                heard((node.name, name), samples)
+                if isinstance(samples, str):
+                    heard(
+                        (node.name, name), (), f"agent {node.name} cannot probe {name}: {samples}"
+                    )
+                else:
+                    heard((node.name, name), samples)
         return node, res
 
     async with asyncio.TaskGroup() as tg:
@@ -188,6 +198,7 @@ async def measure_round(
         agent_tasks = [tg.create_task(agent(n), name=f"probe-agent-{n.name}") for n in nodes]
 
     out: dict[Segment, Samples] = {}
+    errors: dict[Segment, str] = {}
     down: dict[str, str] = {}
     for t in local_tasks:
         host, res = t.result()
@@ -203,10 +214,14 @@ async def measure_round(
         for host, s in ares.items():
             name = host_name.get(host)
             if name is not None and name != node.name:
-                out[(node.name, name)] = list(s)
+                if isinstance(s, str):
+                    errors[(node.name, name)] = s
+                    out[(node.name, name)] = []
+                else:
+                    out[(node.name, name)] = list(s)
         for p in peers:
             out.setdefault((node.name, p), [])
-    return RoundSamples(out, down, time.monotonic() - t0)
+    return RoundSamples(out, down, time.monotonic() - t0, errors)
 
 
 def _round_budget(cfg: AutoConfig) -> float:
@@ -218,6 +233,10 @@ def _round_budget(cfg: AutoConfig) -> float:
 def _why(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timeout"
+    if isinstance(exc, LinkscopeError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
@@ -269,6 +288,7 @@ class Estimates:
         self.window = window
         self.links: dict[Segment, LinkEstimate] = {}
         self.agents_down: dict[str, str] = {}
+        self.errors: dict[Segment, str] = {}
         self.measured_at: float | None = None
 
     def observe(self, rs: RoundSamples, at: float | None = None) -> None:
@@ -278,11 +298,14 @@ class Estimates:
                 est = self.links[seg] = LinkEstimate(alpha=self.alpha, window=self.window)
             est.observe(s)
         self.agents_down = dict(rs.agents_down)
+        self.errors = dict(rs.errors)
         self.measured_at = time.time() if at is None else at
 
     def notes(self) -> dict[Segment, str]:
         """Why segments are dead beyond plain total loss: their agent did not answer."""
-        out: dict[Segment, str] = {}
+        out: dict[Segment, str] = {
+            (u, v): f"agent {u} cannot probe {v}: {why}" for (u, v), why in self.errors.items()
+        }
         for name, why in self.agents_down.items():
             note = f"agent {name} did not answer: {why}"
             out[(SOURCE, name)] = note
@@ -454,6 +477,9 @@ class AutoStatus:
 
 
 DecisionSink = Callable[[Decision, AutoStatus], None]
+EventSink = Callable[[str, dict[str, object]], None]
+"""Status events that are not decisions: ``chain_failed``, ``agent_down``, ``agent_up``,
+``segment_error``, ``segment_ok`` (the last four only when the state changes)."""
 
 
 @dataclass
@@ -464,6 +490,7 @@ class AutoRelay:
     prober: Prober
     listen: str = ""
     on_decision: DecisionSink | None = None
+    on_event: EventSink | None = None
     estimates: Estimates = field(init=False)
     decider: Decider = field(init=False)
     candidates: tuple[ChainStatus, ...] = ()
@@ -512,6 +539,7 @@ class AutoRelay:
 
     def feed(self, rs: RoundSamples, at: float | None = None) -> Decision:
         """Feed one round's samples (pure apart from the clock): estimates, plan, decision."""
+        self._report_changes(rs)
         self.last_round = rs
         self.estimates.observe(rs, at)
         dead = self.estimates.dead()
@@ -527,9 +555,37 @@ class AutoRelay:
         rnd = replace(rnd, notes=self.estimates.notes())
         return self._record(self.decider.on_round(rnd))
 
+    def _event(self, name: str, fields: dict[str, object]) -> None:
+        if self.on_event is not None:
+            self.on_event(name, fields)
+
+    def _report_changes(self, rs: RoundSamples) -> None:
+        """One event per agent or segment whose error state changed since the last round."""
+        old_down = self.estimates.agents_down
+        for name, why in rs.agents_down.items():
+            if old_down.get(name) != why:
+                self._event("agent_down", {"node": name, "reason": why})
+        for name in old_down.keys() - rs.agents_down.keys():
+            self._event("agent_up", {"node": name})
+        old_err = self.estimates.errors
+        for (u, v), why in rs.errors.items():
+            if old_err.get((u, v)) != why:
+                self._event("segment_error", {"from": u, "to": v, "reason": why})
+        for u, v in old_err.keys() - rs.errors.keys():
+            if u not in rs.agents_down:
+                self._event("segment_ok", {"from": u, "to": v})
+
     def chain_failed(self, chain: Chain, reason: str, segment: Segment | None) -> Decision | None:
         """The entry could not bring ``chain`` up: fail over at once if it is the current one."""
         self.chain_failures += 1
+        self._event(
+            "chain_failed",
+            {
+                "chain": chain_label(chain),
+                "segment": None if segment is None else f"{segment[0]}→{segment[1]}",
+                "reason": reason,
+            },
+        )
         d = self.decider.on_chain_failed(ChainFailed(chain, reason, segment))
         return None if d is None else self._record(d)
 

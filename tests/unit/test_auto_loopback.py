@@ -80,7 +80,9 @@ def echo() -> Iterator[EchoServer]:
 class Agents:
     """Two real agents (sh on 127.0.0.2, mx on 127.0.0.3) and their inventory."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(
+        self, tmp: Path, allow: Mapping[str, str] | None = None, wrong_key: str | None = None
+    ) -> None:
         self.tmp = tmp
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         lines = []
@@ -88,11 +90,17 @@ class Agents:
             key = tmp / f"{name}.key"
             key.write_text(os.urandom(32).hex() + "\n")
             key.chmod(0o600)
+            listed = key
+            if name == wrong_key:  # the inventory has another key than the agent
+                listed = tmp / f"{name}-wrong.key"
+                listed.write_text(os.urandom(32).hex() + "\n")
+                listed.chmod(0o600)
             port = free_port(host)
             lines += [f"[nodes.{name}]", f'host = "{host}"', f"port = {port}"]
-            lines += [f'key_file = "{key.name}"', ""]
+            lines += [f'key_file = "{listed.name}"', ""]
+            allowed = (allow or {}).get(name, "127.0.0.0/8")
             argv = [PY, "-m", "linkscope", "agent", "--listen", f"{host}:{port}", "--key-file"]
-            argv += [str(key), "--allow", "127.0.0.0/8", "--probe-rate", "50"]
+            argv += [str(key), "--allow", allowed, "--probe-rate", "50"]
             self.procs[name] = subprocess.Popen(
                 argv,
                 stdout=subprocess.DEVNULL,
@@ -162,7 +170,9 @@ class LoopbackProber:
             return list(self.direct)
         return await self.real.local(host)
 
-    async def via_agent(self, node: Node, hosts: Sequence[str]) -> Mapping[str, list[float | None]]:
+    async def via_agent(
+        self, node: Node, hosts: Sequence[str]
+    ) -> Mapping[str, list[float | None] | str]:
         return await self.real.via_agent(node, hosts)
 
 
@@ -350,24 +360,30 @@ def test_serve_logs_decisions_and_stops_gracefully_on_sigterm(
 
 
 def test_sigint_before_first_round_exits_cleanly(tmp_path: Path, agents: Agents) -> None:
+    """Ctrl-C while the first round is still probing: a clean stop, exit 0."""
     port = free_port("127.0.0.1")
-    p = subprocess.Popen(
-        [PY, "-m", "linkscope.cli.auto", "--listen", f"127.0.0.1:{port}", "--to", "127.0.0.1:9",
-         "--nodes", str(agents.inventory_path), "--probe-count", "50"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    err_path = tmp_path / "err.log"
+    with err_path.open("w") as err_file:
+        p = subprocess.Popen(
+            [PY, "-m", "linkscope.cli.auto", "--listen", f"127.0.0.1:{port}", "--to",
+             "127.0.0.1:9", "--nodes", str(agents.inventory_path), "--probe-count", "50"],
+            stdout=subprocess.DEVNULL,
+            stderr=err_file,
+        )  # fmt: skip
     try:
         _wait_port("127.0.0.1", port, timeout=20)  # bound before probing
+        deadline = time.monotonic() + 20
+        while "event=start" not in err_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.02)  # the loop runs and its signal handlers are in place
         p.send_signal(signal.SIGINT)
-        _out, err = p.communicate(timeout=20)
+        p.wait(20)
     finally:
         if p.poll() is None:
             p.kill()
             p.wait()
+    err = err_path.read_text()
     assert p.returncode == 0, err
-    assert "event=stop" in err and "Traceback" not in err
+    assert "event=stop" in err and "first round" in err and "Traceback" not in err
 
 
 def test_history_records_decisions_and_plans(tmp_path: Path) -> None:
@@ -444,3 +460,62 @@ async def test_pending_chain_up_moves_at_once_on_failover(tmp_path: Path, echo: 
             await asyncio.wait_for(serving, 10)
     finally:
         hole.close()
+
+
+async def test_agent_and_entry_errors_surface_as_status_events(
+    tmp_path: Path, echo: EchoServer
+) -> None:
+    """An agent with another key (bad MAC), an agent whose allowlist excludes the target, and a
+    chain-up refusal each give one clear event; the client is still served (direct)."""
+    agents = Agents(tmp_path, allow={"sh": "127.0.0.3/32"}, wrong_key="mx")
+    try:
+        events: list[tuple[str, dict[str, object]]] = []
+        prober = LoopbackProber("127.0.0.1", [50.0, None, None, None])
+        cfg = AutoConfig(
+            "127.0.0.1", echo.port, "127.0.0.1", agents.inventory, probe_count=3, chain_timeout=3
+        )
+        relay = AutoRelay(cfg, prober, on_event=lambda e, f: events.append((e, f)))
+        await relay.probe_round()
+        down = [f for e, f in events if e == "agent_down"]
+        assert [f["node"] for f in down] == ["mx"]
+        assert "bad MAC" in str(down[0]["reason"]) or "MAC" in str(down[0]["reason"])
+        errors = [f for e, f in events if e == "segment_error"]
+        assert {(f["from"], f["to"]) for f in errors} == {("sh", "127.0.0.1")}
+        assert "not allowed" in str(errors[0]["reason"])
+        # a second round with the same state reports nothing new
+        n = len(events)
+        await relay.probe_round()
+        assert [e for e, _ in events[n:] if e != "chain_failed"] == []
+
+        # force the chain through sh (as if its probe had said yes): the agent refuses to connect
+        # to the target, the entry reports which hop refused and why, and the client goes direct
+        from linkscope.relay.auto import RoundSamples
+
+        relay2 = AutoRelay(cfg, prober, on_event=lambda e, f: events.append((e, f)))
+        relay2.feed(
+            RoundSamples(
+                {
+                    ("local", "127.0.0.1"): [50.0, None, None],
+                    ("local", "sh"): [0.1, 0.1, 0.1],
+                    ("sh", "127.0.0.1"): [0.1, 0.1, 0.1],
+                },
+                {},
+                0.1,
+            )
+        )
+        assert relay2.current == ("sh",)
+        entry = AutoEntry(relay2, "127.0.0.1", 0)
+        serving = asyncio.create_task(entry.serve(), name="test-auto-entry")
+        try:
+            assert await roundtrip(entry.address[1], b"ping") == b"ping"
+        finally:
+            entry.stop()
+            await asyncio.wait_for(serving, 10)
+        failed = [f for e, f in events if e == "chain_failed"]
+        assert len(failed) == 1 and failed[0]["chain"] == "sh"
+        assert "hop sh refused" in str(failed[0]["reason"])
+        assert "not allowed" in str(failed[0]["reason"])
+        assert failed[0]["segment"] == "sh→127.0.0.1"
+        assert relay2.current == ()
+    finally:
+        agents.close()

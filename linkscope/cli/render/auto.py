@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from rich.console import Group, RenderableType
@@ -116,8 +116,11 @@ def chains_table(chains: tuple[ChainStatus, ...], current: Chain | None, title: 
     return t
 
 
-def status_view(s: AutoStatus) -> RenderableType:
-    """The live view: current chain, per-segment estimates, candidates, recent decisions."""
+def status_view(
+    s: AutoStatus, events: Sequence[tuple[str, Mapping[str, object]]] = ()
+) -> RenderableType:
+    """The live view: current chain, per-segment estimates, candidates, recent decisions, and
+    the last status events (chain-up failures, agents down, segments an agent cannot probe)."""
     head = Text()
     head.append("relay --auto ", style="bold")
     head.append(f"{s.listen} → {s.target}  ")
@@ -173,7 +176,16 @@ def status_view(s: AutoStatus) -> RenderableType:
             Text(d.kind.value, style=_KIND_STYLE[d.kind]),
             d.reason,
         )
-    return Group(head, pred, seg, chains_table(s.candidates, s.current, "chains"), dec)
+    parts: list[RenderableType] = [head, pred, seg, chains_table(s.candidates, s.current, "chains")]
+    parts.append(dec)
+    shown = [(e, f) for e, f in events if e not in ("decision", "start", "listening")]
+    if shown:
+        ev = Text()
+        for name, fields in shown[-5:]:
+            ev.append(f"{name} ", style="red" if name.endswith(("failed", "down", "error")) else "")
+            ev.append(" ".join(f"{k}={_kv_value(v)}" for k, v in fields.items()) + "\n")
+        parts.append(ev)
+    return Group(*parts)
 
 
 def plan_view(s: AutoStatus, decision: Decision) -> RenderableType:
