@@ -516,6 +516,6 @@ async def test_agent_and_entry_errors_surface_as_status_events(
         assert "hop sh refused" in str(failed[0]["reason"])
         assert "not allowed" in str(failed[0]["reason"])
         assert failed[0]["segment"] == "sh→127.0.0.1"
-        assert relay2.current == ()
+        assert relay2.status().current == ()  # failed over to direct
     finally:
         agents.close()
