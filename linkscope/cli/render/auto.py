@@ -28,11 +28,19 @@ _KIND_STYLE = {
 
 
 def _ms(x: float | None) -> str:
-    return "-" if x is None or not math.isfinite(x) else f"{x:.1f}"
+    if x is None or not math.isfinite(x):
+        return "-"
+    return f"{x:.2f}" if x < 10 else f"{x:.1f}"
 
 
 def _pct(x: float | None) -> str:
     return "-" if x is None or not math.isfinite(x) else f"{x * 100:.1f}%"
+
+
+def _gain(x: float | None) -> str:
+    if x is None or not math.isfinite(x):
+        return "-"
+    return "< -999%" if x < -9.99 else f"{x * 100:.1f}%"
 
 
 def _num(x: float | None) -> str:
@@ -92,8 +100,10 @@ def decision_fields(d: Decision, status: AutoStatus | None = None) -> dict[str, 
 
 
 # -- tables ---------------------------------------------------------------------------------------
-def chains_table(chains: tuple[ChainStatus, ...], current: Chain | None, title: str) -> Table:
-    """Ranked chains with their predicted metrics; the current one is marked."""
+def chains_table(
+    chains: tuple[ChainStatus, ...], current: Chain | None, title: str, limit: int | None = None
+) -> Table:
+    """Ranked chains with their predicted metrics; the current one is marked (and always shown)."""
     t = Table(title=title, title_justify="left", expand=False)
     t.add_column("")
     t.add_column("chain")
@@ -101,7 +111,10 @@ def chains_table(chains: tuple[ChainStatus, ...], current: Chain | None, title: 
     t.add_column("loss", justify="right")
     t.add_column("cost", justify="right")
     t.add_column("gain", justify="right")
-    for c in chains:
+    shown = list(chains)
+    if limit is not None and len(shown) > limit:
+        shown = [c for i, c in enumerate(shown) if i < limit or c.hops == current]
+    for c in shown:
         mark = "▶" if current is not None and c.hops == current else ""
         style = "bold" if mark else ""
         t.add_row(
@@ -110,7 +123,7 @@ def chains_table(chains: tuple[ChainStatus, ...], current: Chain | None, title: 
             _ms(c.rtt_ms),
             _pct(c.loss),
             _num(c.cost),
-            _pct(c.gain),
+            _gain(c.gain),
             style=style,
         )
     return t
@@ -170,14 +183,15 @@ def status_view(
     dec.add_column("at")
     dec.add_column("kind")
     dec.add_column("reason")
-    for at, d in s.decisions[-6:]:
+    notable = [(at, d) for at, d in s.decisions if d.kind != DecisionKind.KEEP]
+    for at, d in notable[-4:]:
         dec.add_row(
             time.strftime("%H:%M:%S", time.localtime(at)),
             Text(d.kind.value, style=_KIND_STYLE[d.kind]),
             d.reason,
         )
-    parts: list[RenderableType] = [head, pred, seg, chains_table(s.candidates, s.current, "chains")]
-    parts.append(dec)
+    # most important first: a short terminal cuts the bottom off
+    parts: list[RenderableType] = [head, pred, dec]
     shown = [(e, f) for e, f in events if e not in ("decision", "start", "listening")]
     if shown:
         ev = Text()
@@ -185,6 +199,8 @@ def status_view(
             ev.append(f"{name} ", style="red" if name.endswith(("failed", "down", "error")) else "")
             ev.append(" ".join(f"{k}={_kv_value(v)}" for k, v in fields.items()) + "\n")
         parts.append(ev)
+    parts.append(chains_table(s.candidates, s.current, "chains (best first)", limit=4))
+    parts.append(seg)
     return Group(*parts)
 
 
