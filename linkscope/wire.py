@@ -47,11 +47,13 @@ bytes of JSON (the results) follow, then the agent closes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
 import json
 import os
+import socket
 import struct
 import time
 from collections import OrderedDict
@@ -291,10 +293,10 @@ def _parse_connect(ts: int, nonce: bytes, body: memoryview) -> ConnectLayer:
         flags, atype = body[0], body[1]
         pos = 2
         if atype == AddrType.IPV4:
-            host = str(ipaddress.IPv4Address(bytes(body[pos : pos + 4])))
+            host = socket.inet_ntop(socket.AF_INET, bytes(body[pos : pos + 4]))
             pos += 4
         elif atype == AddrType.IPV6:
-            host = str(ipaddress.IPv6Address(bytes(body[pos : pos + 16])))
+            host = str(ipaddress.IPv6Address(bytes(body[pos : pos + 16])))  # canonical form
             pos += 16
         elif atype == AddrType.NAME:
             n = body[pos]
@@ -310,7 +312,7 @@ def _parse_connect(ts: int, nonce: bytes, body: memoryview) -> ConnectLayer:
         pos += 4
         inner = bytes(body[pos : pos + inner_len])
         pos += inner_len
-    except (IndexError, struct.error, ipaddress.AddressValueError, UnicodeDecodeError) as exc:
+    except (IndexError, struct.error, ValueError) as exc:  # incl. bad address, non-ASCII name
         raise WireError(Status.MALFORMED, "truncated CONNECT body") from exc
     if len(inner) != inner_len or pos != len(body):
         raise WireError(Status.MALFORMED, "CONNECT body length mismatch")
@@ -608,12 +610,9 @@ class Allowlist:
 
     def allows(self, host: str, port: int | None = None) -> bool:
         """Whether ``host`` (an address) and ``port`` match a rule; port None = any port."""
-        try:
-            addr = ipaddress.ip_address(host.split("%", 1)[0])
-        except ValueError:
+        addr = _parse_ip(host)
+        if addr is None:
             return False
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
         for rule in self.rules:
             if port is None:
                 if addr.version == rule.network.version and addr in rule.network:
@@ -624,6 +623,29 @@ class Allowlist:
 
     def __str__(self) -> str:
         return ",".join(str(r) for r in self.rules) or "(nothing)"
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An address object for ``host`` (IPv4-mapped IPv6 as IPv4), None if not an address.
+
+    Cached: an agent sees the same few targets over and over, once per connection.
+    """
+    try:
+        addr = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def address_family(host: str) -> int | None:
+    """AF_INET or AF_INET6 for an address literal, None for a name."""
+    addr = _parse_ip(host)
+    if addr is None:
+        return None
+    return int(socket.AF_INET if addr.version == 4 else socket.AF_INET6)
 
 
 ANY_ADDRESS: Final = Allowlist.parse(["0.0.0.0/0", "::/0"])
@@ -650,6 +672,7 @@ __all__ = [
     "ReplayCache",
     "Status",
     "WireError",
+    "address_family",
     "build_chain",
     "build_connect",
     "build_probe",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import socket
 import time
@@ -35,6 +34,7 @@ from linkscope.wire import (
     ProbeLayer,
     Status,
     WireError,
+    address_family,
     decode_status,
     encode_probe_response,
     encode_status,
@@ -208,11 +208,10 @@ class Agent:
         """Connect to the allowed onward address; for a next hop, forward the inner frame and
         wait for its status. Returns the socket and the depth to report upstream."""
         cfg = self.config
-        try:
-            addr = ipaddress.ip_address(layer.host)
-            af = socket.AF_INET if addr.version == 4 else socket.AF_INET6
-            candidates: list[tuple[int, str]] = [(int(af), layer.host)]
-        except ValueError:
+        family = address_family(layer.host)
+        if family is not None:
+            candidates: list[tuple[int, str]] = [(family, layer.host)]
+        else:
             try:
                 async with asyncio.timeout(cfg.connect_timeout):
                     candidates = await resolve(layer.host, layer.port)

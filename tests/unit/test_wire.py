@@ -323,3 +323,27 @@ def test_fuzz_built_chains_always_verify(keys: list[bytes], port: int) -> None:
         layers.append(layer)
         raw = layer.inner
     assert layers[-1].final and layers[-1].port == port
+
+
+@pytest.mark.parametrize(
+    "body_after_nonce",
+    [
+        b"\x00\x04\x7f\x00",  # IPv4 address cut short
+        b"\x00\x06" + b"\x00" * 8,  # IPv6 address cut short
+        b"\x00\x03\x05ab",  # name shorter than its length byte
+        b"\x00\x03\x02\xff\xfe\x00\x16\x00\x00",  # non-ASCII name
+        b"\x00\x09\x7f\x00\x00\x01\x00\x16\x00\x00",  # unknown address type
+        b"\x00\x04\x7f\x00\x00\x01\x00\x00\x00\x00",  # port 0
+        b"\x02\x04\x7f\x00\x00\x01\x00\x16\x00\x00",  # unknown flag
+        b"\x01\x04\x7f\x00\x00\x01\x00\x16\x00\x00",  # next-hop flag without an inner frame
+        b"\x00\x04\x7f\x00\x00\x01\x00\x16\x00\x00extra",  # trailing bytes
+    ],
+)
+def test_authenticated_but_malformed_bodies_are_malformed(body_after_nonce: bytes) -> None:
+    """A correct MAC over a broken body (a buggy or hostile key holder) is still refused."""
+    from linkscope.wire import _TS_NONCE, _seal
+
+    raw = _seal(Kind.CONNECT, KEY, _TS_NONCE.pack(NOW, b"n" * 16) + body_after_nonce)
+    with pytest.raises(WireError) as err:
+        _verify(raw)
+    assert err.value.code is Status.MALFORMED
