@@ -19,6 +19,13 @@ app = typer.Typer(
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"linkscope {__version__}")
+        from linkscope.errors import LinkscopeError
+        from linkscope.geo import describe_sources
+
+        try:
+            typer.echo(describe_sources())
+        except LinkscopeError as exc:  # a broken GeoIP setting must not hide the version
+            typer.echo(f"geo: {exc}")
         raise typer.Exit(0)
 
 

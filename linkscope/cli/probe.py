@@ -52,13 +52,26 @@ def address_family(ipv4: bool, ipv6: bool) -> int | None:
     return socket.AF_INET if ipv4 else socket.AF_INET6 if ipv6 else None
 
 
-def _geo_lookup(geoip: Path | None, enabled: bool) -> Any:
+def _geo_lookup(
+    geoip: Path | None, enabled: bool, city_db: Path | None = None, asn_db: Path | None = None
+) -> Any:
     """A GeoLookup (discovery order in linkscope.geo), or None when disabled."""
     if not enabled:
         return None
     from linkscope.geo import GeoLookup
 
-    return GeoLookup.discover(geoip_dir=geoip)
+    return GeoLookup.discover(geoip_dir=geoip, city_db=city_db, asn_db=asn_db)
+
+
+def _geo_footer(geo: Any) -> str | None:
+    """The line shown under rendered results: attribution, or how to get geo at all."""
+    if geo is None:
+        return None
+    if geo.attribution:
+        return str(geo.attribution)
+    if not geo.sources and geo.hint:
+        return f"no geo: {geo.hint}"
+    return None
 
 
 def _run_with_stop(main: Callable[[asyncio.Event], Any]) -> Any:
@@ -114,6 +127,8 @@ def probe(
     ipv4: bool = typer.Option(False, "-4", help="Use IPv4 only."),
     ipv6: bool = typer.Option(False, "-6", help="Use IPv6 only."),
     geoip: Path | None = typer.Option(None, "--geoip", help="Directory of GeoIP .mmdb files."),
+    city_db: Path | None = typer.Option(None, "--city-db", help="GeoIP City .mmdb file."),
+    asn_db: Path | None = typer.Option(None, "--asn-db", help="GeoIP ASN .mmdb file."),
     no_geo: bool = typer.Option(False, "--no-geo", help="No location/ASN lookups."),
     db: Path | None = typer.Option(None, "--db", help="History database (default: XDG data)."),
     concurrency: int = typer.Option(256, "--concurrency", help="Targets probed at once."),
@@ -146,7 +161,7 @@ def probe(
         raise InputError(f"--attempts must be at least 1, not {attempts}")
     if concurrency < 1:
         raise InputError(f"--concurrency must be at least 1, not {concurrency}")
-    geo = _geo_lookup(geoip, not no_geo)
+    geo = _geo_lookup(geoip, not no_geo, city_db, asn_db)
     store = Store.open(db)
 
     async def main(stop: asyncio.Event) -> list[Any]:
@@ -214,8 +229,10 @@ def probe(
     finally:
         store.close()
     if json_out:
-        docs = [r.to_dict() for r in done]
+        docs = [_with_geo(r.to_dict(), geo) for r in done]
         render.print_json(docs[0] if len(names) == 1 and docs else docs)
+    elif (footer := _geo_footer(geo)) is not None and done:
+        _stdout_console().print(footer, style="dim", soft_wrap=True)
     interrupted = any(r.interrupted for r in done) or len(done) < len(names)
     if interrupted:
         _stderr().print("linkscope: interrupted; partial results printed and stored")
@@ -232,15 +249,25 @@ def _stdout_console() -> Any:
     return Console(highlight=False)
 
 
+def _with_geo(doc: dict[str, Any], geo: Any) -> dict[str, Any]:
+    """Add which databases answered, and the attribution their licence asks for."""
+    doc["geo"] = None if geo is None else geo.to_dict()
+    return doc
+
+
 def _annotate(result: Any, geo: Any) -> Any:
+    """Hops located, floor/detour/inflation set, and the geometry said in the verdict."""
     from dataclasses import replace
 
-    from linkscope.geo.annotate import annotate_result
+    from linkscope.geo.annotate import annotate_result, geometry_phrase, local_source
 
     try:
-        return annotate_result(result, geo)
+        source = local_source(geo, result.address) if result.address else None
+        annotated = annotate_result(result, geo, source=source)
+        phrase = geometry_phrase(annotated, lookup=geo, source=source)
     except LinkscopeError as exc:
         return replace(result, notes=(*result.notes, f"geo lookup failed: {exc}"))
+    return replace(annotated, geometry=phrase)
 
 
 @app.command("trace")
@@ -257,6 +284,8 @@ def trace_cmd(
     ipv4: bool = typer.Option(False, "-4", help="Use IPv4 only."),
     ipv6: bool = typer.Option(False, "-6", help="Use IPv6 only."),
     geoip: Path | None = typer.Option(None, "--geoip", help="Directory of GeoIP .mmdb files."),
+    city_db: Path | None = typer.Option(None, "--city-db", help="GeoIP City .mmdb file."),
+    asn_db: Path | None = typer.Option(None, "--asn-db", help="GeoIP ASN .mmdb file."),
     no_geo: bool = typer.Option(False, "--no-geo", help="No location/ASN lookups."),
     db: Path | None = typer.Option(None, "--db", help="History database (default: XDG data)."),
     json_out: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
@@ -274,7 +303,7 @@ def trace_cmd(
     proto = check_trace_args(protocol, probes, max_ttl, timeout)
     if port is not None and not 0 < port < 65536:
         raise InputError(f"--port must be within 1..65535, not {port}")
-    geo = _geo_lookup(geoip, not no_geo)
+    geo = _geo_lookup(geoip, not no_geo, city_db, asn_db)
     store = Store.open(db)
 
     async def main(stop: asyncio.Event) -> Any:
@@ -303,9 +332,11 @@ def trace_cmd(
     finally:
         store.close()
     if json_out:
-        render.print_json(result.to_dict())
+        render.print_json(_with_geo(result.to_dict(), geo))
     else:
         render.print_trace(result, _stdout_console())
+        if (footer := _geo_footer(geo)) is not None:
+            _stdout_console().print(footer, style="dim", soft_wrap=True)
     if stopped:
         _stderr().print("linkscope: interrupted; partial results printed and stored")
         raise typer.Exit(ExitStatus.INTERRUPTED)

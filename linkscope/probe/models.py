@@ -346,6 +346,7 @@ class ProbeResult:
     floor_rtt_ms: float | None = None
     detour_ratio: float | None = None
     inflation: float | None = None
+    geometry: str | None = None  # geo's sentence, e.g. "path detours via Beijing and ..."
     notes: tuple[str, ...] = field(default=())
 
     @property
@@ -373,6 +374,7 @@ class ProbeResult:
             "floor_rtt_ms": _r(self.floor_rtt_ms),
             "detour_ratio": _r(self.detour_ratio, 4),
             "inflation": _r(self.inflation, 4),
+            "geometry": self.geometry,
             "verdict": self.verdict,
             "started_at": self.started_at,
             "interrupted": self.interrupted,
@@ -394,6 +396,7 @@ class ProbeResult:
             floor_rtt_ms=d.get("floor_rtt_ms"),
             detour_ratio=d.get("detour_ratio"),
             inflation=d.get("inflation"),
+            geometry=d.get("geometry"),
             notes=tuple(d.get("notes") or ()),
         )
 

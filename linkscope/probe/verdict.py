@@ -141,8 +141,14 @@ def verdict(result: ProbeResult) -> str:
         hop, prev, rise = jump
         after = f" after {_hop_label(prev)}" if prev is not None else ""
         clauses.append(f"latency rises {_ms(rise)} at {_hop_label(hop)}{after}")
-    if result.inflation is not None and result.inflation >= INFLATION_HIGH:
-        clauses.append(f"RTT is {result.inflation:.1f}× the speed-of-light floor: the path detours")
+    detours = result.geometry is not None and "detour" in result.geometry
+    if detours or (result.inflation is not None and result.inflation >= INFLATION_HIGH):
+        if result.geometry is not None:
+            clauses.append(result.geometry)
+        else:
+            assert result.inflation is not None
+            inflated = f"{result.inflation:.1f}× the speed-of-light floor"
+            clauses.append(f"RTT is {inflated}: the path detours")
         level = _worse(level, "fair")
 
     for tcp in result.tcp:

@@ -102,16 +102,20 @@ print(json.dumps(doc))
 """
 
 
-def _check(doc: dict[str, Any], want: dict[str, Any], ping_p50: float | None) -> None:
+def _check(
+    doc: dict[str, Any], want: dict[str, Any], ping_p50: float | None, prefix: str = ""
+) -> None:
+    """``prefix`` "home_": the figures taken from home's own location rather than hop 1."""
     hops = [h for h in doc["trace"]["hops"] if h["address"] is not None]
     assert [h["city"] for h in hops] == want["cities"]
     assert [h["country"] for h in hops] == want["countries"]
     assert [h["asn"] for h in hops] == want["asns"]
-    assert doc["detour_ratio"] == pytest.approx(want["detour_ratio"], rel=1e-3)
+    assert doc["detour_ratio"] == pytest.approx(want[prefix + "detour_ratio"], rel=1e-3)
     assert doc["detour_ratio"] > 1.1  # the most a near-antipodal pair allows here (see top)
-    assert doc["floor_rtt_ms"] == pytest.approx(want["floor_rtt_ms"], rel=1e-3)
+    floor = want[prefix + "floor_rtt_ms"]
+    assert doc["floor_rtt_ms"] == pytest.approx(floor, rel=1e-3)
     assert ping_p50 is not None
-    assert doc["inflation"] == pytest.approx(ping_p50 / want["floor_rtt_ms"], rel=1e-3)
+    assert doc["inflation"] == pytest.approx(ping_p50 / floor, rel=1e-3)
     assert doc["inflation"] > 1.5  # ~350 ms measured over a ~176 ms floor
 
 
@@ -167,6 +171,10 @@ def test_cli_probe_br_json_reports_geo_and_geometry(brazil_lab: Lab) -> None:
         "--json",
     ]
     doc = _run_until_complete(brazil_lab, argv, want)
-    _check(doc, want, doc["ping"]["rtt_p50_ms"])
+    # the CLI measures from where the user is: the lab database places home's own address
+    _check(doc, want, doc["ping"]["rtt_p50_ms"], prefix="home_")
+    assert doc["geometry"].startswith("path detours via Beijing and Los Angeles: ")
+    assert doc["geometry"] in doc["verdict"]
+    assert doc["geo"]["sources"] and doc["geo"]["attribution"] is None  # lab data needs none
     for hop in doc["trace"]["hops"]:
         assert {"country", "city", "asn", "org", "lat", "lon"} <= hop.keys()
