@@ -17,7 +17,10 @@ Algorithm (exact for every model; tests compare it with brute force under hypoth
 * Alternatives: Yen's k-shortest simple paths (with Lawler's rule: spur only from the
   deviation point on), each spur search being the same hop-limited label-setting search with
   the root's nodes removed, the root's key as the starting label, and the next hops already
-  used by chains with that root banned.
+  used by chains with that root banned. When the searches could not stop early (they evaluated
+  most out-edges anyway), exact completion bounds h[r][v] (best key v → target in <= r edges,
+  one pass per layer) turn the remaining spur searches into A*: still exact, since removing
+  nodes and edges only raises true completion costs.
 * When the candidate chains are few (e.g. ``--via`` with a handful of relays) every subset and
   order is enumerated instead: exact, and ties are ranked fully.
 
@@ -50,6 +53,7 @@ from linkscope.errors import InputError
 DEFAULT_MAX_HOPS = 3
 DEFAULT_ALTERNATIVES = 3
 ENUMERATE_LIMIT = 5000  # at most this many candidate chains: enumerate them all
+BOUNDS_AFTER = 0.5  # A* spur searches once the first search evaluated this share of out-edges
 Method = Literal["auto", "search", "enumerate"]
 Path = tuple[str, ...]
 KeyFn = Callable[[str, str, EdgeData], float | None]
@@ -158,6 +162,11 @@ class _Edges:
         self._out: dict[str, list[tuple[float, float, str]]] = {}
         self._to: dict[tuple[str, str], tuple[float, float] | None] = {}
 
+    @property
+    def evaluated(self) -> Mapping[str, list[tuple[float, float, str]]]:
+        """Nodes whose out-edges were evaluated so far."""
+        return self._out
+
     def out(self, u: str) -> list[tuple[float, float, str]]:
         """(key, rtt, v) for every usable edge u→v, best key first."""
         found = self._out.get(u)
@@ -193,6 +202,7 @@ def _search(
     rtt0: float = 0.0,
     banned: frozenset[str] | set[str] = frozenset(),
     floor: float = -math.inf,
+    bounds: Sequence[Mapping[str, float]] | None = None,
 ) -> _Found | None:
     """Best walk start → target of at most ``max_edges`` edges through ``allowed`` relays.
 
@@ -200,6 +210,8 @@ def _search(
     exact, the rtt only breaks ties. ``banned`` are next hops forbidden from ``start`` itself.
     ``floor`` is a lower bound on the key of any edge into the target: a label that cannot beat
     the best complete chain even with the cheapest last edge is dropped (safe: never optimal).
+    ``bounds[r][v]``, when given, is a lower bound on the key of any completion v → target of
+    at most r edges: the search becomes A* (consistent bounds, so still exact).
     """
     if max_edges < 1:
         return None
@@ -210,19 +222,22 @@ def _search(
     best[0][start] = (key0, rtt0)
     tk = tr = math.inf  # label of the best complete chain so far
     t_pred: tuple[str, int] | None = None  # (node before the target, its edge count)
-    expanded: dict[str, int] = {}  # node -> fewest edges it was expanded with
-    heap: list[tuple[float, float, int, str]] = [(key0, rtt0, 0, start)]
+    expanded: dict[str, list[tuple[int, float]]] = {}  # node -> (edges used, key) expanded
+    # Heap entries: (priority, key, rtt, edges used, node); the priority is the key, or the key
+    # combined with the node's lower bound when ``bounds`` are given (A*).
+    heap: list[tuple[float, float, float, int, str]] = [(key0, key0, rtt0, 0, start)]
     pop, push = heapq.heappop, heapq.heappush
+    inf = math.inf
     while heap:
-        key, rtt, k, u = pop(heap)
+        _, key, rtt, k, u = pop(heap)
         if u == target:
             break
         if best[k].get(u) != (key, rtt):
             continue  # superseded label
-        seen_k = expanded.get(u)
-        if seen_k is not None and seen_k <= k:
-            continue  # dominated: reached before with no more cost and no more edges
-        expanded[u] = k
+        done = expanded.setdefault(u, [])
+        if any(dk <= k and dkey <= key for dk, dkey in done):
+            continue  # dominated: expanded before with no more cost and no more edges
+        done.append((k, key))
         first = k == 0
         nxt = k + 1
         layer, back = best[nxt], pred[nxt]
@@ -241,7 +256,7 @@ def _search(
                 if (first and target in banned) or (nk == tk and nr >= tr):
                     continue
                 tk, tr, t_pred = nk, nr, (u, k)
-                push(heap, (nk, nr, nxt, v))
+                push(heap, (nk, nk, nr, nxt, v))
                 continue
             if v not in allowed or (first and v in banned) or (nk == tk and nr >= tr):
                 continue
@@ -254,13 +269,19 @@ def _search(
                     er = rtt + e[1]
                     if ek < tk or (ek == tk and er < tr):
                         tk, tr, t_pred = ek, er, (u, k)
-                        push(heap, (ek, er, nxt, target))
+                        push(heap, (ek, ek, er, nxt, target))
                 break
+            prio = nk
+            if bounds is not None:
+                h = bounds[max_edges - nxt].get(v, inf)
+                prio = (nk if nk > h else h) if bottleneck else nk + h
+                if prio > tk:
+                    continue  # even its best possible completion loses
             old = layer.get(v)
             if old is None or nk < old[0] or (nk == old[0] and nr < old[1]):
                 layer[v] = (nk, nr)
                 back[v] = u
-                push(heap, (nk, nr, nxt, v))
+                push(heap, (prio, nk, nr, nxt, v))
     if t_pred is None:
         return None
     node, k = t_pred
@@ -271,6 +292,41 @@ def _search(
         nodes.append(node)
     nodes.reverse()
     return _Found(tk, tr, _cut_cycles(tuple(nodes)))
+
+
+def _completion_bounds(
+    edges: _Edges, target: str, nodes: Iterable[str], max_edges: int
+) -> list[dict[str, float]]:
+    """``h[r][v]``: the best key of any walk v → target of at most r edges through ``nodes``.
+
+    Exact on the full candidate set, hence a consistent lower bound for every spur search (which
+    only removes nodes and edges). Costs one pass over the out-edges per layer.
+    """
+    bottleneck = edges.bottleneck
+    pool = list(nodes)
+    h: list[dict[str, float]] = [{} for _ in range(max_edges + 1)]
+    for v in pool:
+        e = edges.to(v, target)
+        if e is not None:
+            h[1][v] = e[0]
+    for r in range(2, max_edges + 1):
+        prev, cur = h[r - 1], dict(h[r - 1])
+        low = min(prev.values(), default=math.inf)
+        for v in pool:
+            bound = cur.get(v, math.inf)
+            for w, _, x in edges.out(v):
+                if ((w if w > low else low) if bottleneck else w + low) >= bound:
+                    break  # sorted by key: nothing later improves the bound
+                hx = prev.get(x)
+                if hx is None or x == v:
+                    continue
+                c = (w if w > hx else hx) if bottleneck else w + hx
+                if c < bound:
+                    bound = c
+            if bound < math.inf:
+                cur[v] = bound
+        h[r] = cur
+    return h
 
 
 def _cut_cycles(path: Path) -> Path:
@@ -342,6 +398,7 @@ def _yen(
     )
     if first is None:
         return []
+    bounds: list[dict[str, float]] | None = None
     found = [first]
     seen = {first.path}
     candidates: list[tuple[tuple[float, float, int, Path], _Found]] = []
@@ -356,9 +413,13 @@ def _yen(
             label = ev.label(root)
             if label is None:  # pragma: no cover - roots are prefixes of found chains
                 continue
+            if bounds is None and len(edges.evaluated) >= BOUNDS_AFTER * (len(allowed) + 1):
+                # The searches so far had to look at most out-edges anyway (nothing pruned them
+                # early): make the next spur searches A* with exact completion bounds.
+                bounds = _completion_bounds(edges, target, allowed | {source}, max_edges)
             spur = _search(
                 edges, root[-1], target, allowed - set(root), max_edges - i,
-                key0=label[0], rtt0=label[1], banned=banned, floor=floor,
+                key0=label[0], rtt0=label[1], banned=banned, floor=floor, bounds=bounds,
             )  # fmt: skip
             if spur is None:
                 continue

@@ -9,11 +9,13 @@ from __future__ import annotations
 import itertools
 import math
 from typing import Any, Literal
+from unittest import mock
 
 import networkx as nx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from linkscope import plan as plan_module
 from linkscope.costs import MODEL_NAMES, get_model
 from linkscope.graph import add_edge, new_graph
 from linkscope.plan import plan_chains
@@ -87,6 +89,7 @@ def check_chains(g: nx.DiGraph, plan: Any, allowed: list[str], max_hops: int) ->
     alternatives=st.integers(min_value=0, max_value=4),
     hop_cost=st.sampled_from([0.0, 1.0, 7.5]),
     restrict=st.sampled_from(["none", "via", "avoid"]),
+    bounded=st.booleans(),
     data=st.data(),
 )
 def test_search_matches_brute_force(
@@ -96,8 +99,10 @@ def test_search_matches_brute_force(
     alternatives: int,
     hop_cost: float,
     restrict: str,
+    bounded: bool,
     data: st.DataObject,
 ) -> None:
+    """``bounded``: Yen's spur searches run as A* with completion bounds from the start."""
     relays = sorted(n for n, r in g.nodes(data="relay") if r and n != "t")
     via = avoid = None
     allowed = relays
@@ -110,18 +115,19 @@ def test_search_matches_brute_force(
     expected = brute_force(g, model, allowed, max_hops, hop_cost)
     methods: tuple[Literal["search", "enumerate"], ...] = ("search", "enumerate")
     for method in methods:
-        plan = plan_chains(
-            g,
-            "s",
-            "t",
-            model=model,
-            via=via,
-            avoid=avoid or (),
-            max_hops=max_hops,
-            alternatives=alternatives,
-            hop_cost_ms=hop_cost,
-            method=method,
-        )
+        with mock.patch.object(plan_module, "BOUNDS_AFTER", 0.0 if bounded else math.inf):
+            plan = plan_chains(
+                g,
+                "s",
+                "t",
+                model=model,
+                via=via,
+                avoid=avoid or (),
+                max_hops=max_hops,
+                alternatives=alternatives,
+                hop_cost_ms=hop_cost,
+                method=method,
+            )
         check_chains(g, plan, allowed, max_hops)
         want = [key for key, _ in expected[: alternatives + 1]]
         got = [c.key for c in plan.chains]
@@ -199,3 +205,23 @@ def test_first_search_alone_is_exact_widest_path(g: nx.DiGraph, max_hops: int) -
     plan = plan_chains(g, "s", "t", model="throughput", max_hops=max_hops, alternatives=0,
                        method="search")  # fmt: skip
     assert [c.key for c in plan.chains] == [k for k, _ in expected[:1]]
+
+
+@settings(max_examples=250, deadline=None)
+@given(
+    g=positive_graphs(),
+    model=st.sampled_from(MODEL_NAMES),
+    max_hops=st.integers(1, 4),
+    alternatives=st.integers(1, 6),
+)
+def test_alternatives_with_completion_bounds_are_exact(
+    g: nx.DiGraph, model: str, max_hops: int, alternatives: int
+) -> None:
+    """Yen's spur searches as A* (bounds forced on): the top-k costs still equal brute force."""
+    relays = sorted(n for n, r in g.nodes(data="relay") if r and n != "t")
+    expected = brute_force(g, model, relays, max_hops, 1.0)
+    with mock.patch.object(plan_module, "BOUNDS_AFTER", 0.0):
+        plan = plan_chains(g, "s", "t", model=model, max_hops=max_hops,
+                           alternatives=alternatives, method="search")  # fmt: skip
+    check_chains(g, plan, relays, max_hops)
+    assert [c.key for c in plan.chains] == [k for k, _ in expected[: alternatives + 1]]
