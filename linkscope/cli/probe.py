@@ -14,6 +14,7 @@ from typing import Any
 import typer
 
 from linkscope.cli.app import app
+from linkscope.cli.plot import PLOT_OPTION, check_plot_path, write_plot
 from linkscope.errors import ExitStatus, InputError, LinkscopeError
 
 _err_console: Any = None
@@ -133,6 +134,7 @@ def probe(
     db: Path | None = typer.Option(None, "--db", help="History database (default: XDG data)."),
     concurrency: int = typer.Option(256, "--concurrency", help="Targets probed at once."),
     json_out: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
+    plot: Path | None = PLOT_OPTION,
     method: str = typer.Option("auto", "--method", hidden=True),
     tcp_method: str = typer.Option("auto", "--tcp-method", hidden=True),
     trace_method: str = typer.Option("auto", "--trace-method", hidden=True),
@@ -151,6 +153,7 @@ def probe(
 
     names = read_targets(targets or [], file)
     family = address_family(ipv4, ipv6)
+    check_plot_path(plot)
     check_ping_args(count, interval, timeout)
     if not no_trace:
         check_trace_args(protocol, probes, max_ttl, timeout)
@@ -228,11 +231,13 @@ def probe(
         done = _run_with_stop(main)
     finally:
         store.close()
+    docs = [_with_geo(r.to_dict(), geo) for r in done]
     if json_out:
-        docs = [_with_geo(r.to_dict(), geo) for r in done]
         render.print_json(docs[0] if len(names) == 1 and docs else docs)
     elif (footer := _geo_footer(geo)) is not None and done:
         _stdout_console().print(footer, style="dim", soft_wrap=True)
+    if docs:
+        write_plot("probe", docs, plot)
     interrupted = any(r.interrupted for r in done) or len(done) < len(names)
     if interrupted:
         _stderr().print("linkscope: interrupted; partial results printed and stored")
@@ -289,6 +294,7 @@ def trace_cmd(
     no_geo: bool = typer.Option(False, "--no-geo", help="No location/ASN lookups."),
     db: Path | None = typer.Option(None, "--db", help="History database (default: XDG data)."),
     json_out: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
+    plot: Path | None = PLOT_OPTION,
     method: str = typer.Option("auto", "--method", hidden=True),
 ) -> None:
     """Paris-style traceroute, all TTLs at once, with per-hop loss and RTT statistics.
@@ -300,6 +306,7 @@ def trace_cmd(
     from linkscope.store import Store
 
     family = address_family(ipv4, ipv6)
+    check_plot_path(plot)
     proto = check_trace_args(protocol, probes, max_ttl, timeout)
     if port is not None and not 0 < port < 65536:
         raise InputError(f"--port must be within 1..65535, not {port}")
@@ -331,8 +338,10 @@ def trace_cmd(
         store.record_trace(result, target)
     finally:
         store.close()
+    doc = _with_geo(result.to_dict(), geo)
+    write_plot("trace", doc, plot)
     if json_out:
-        render.print_json(_with_geo(result.to_dict(), geo))
+        render.print_json(doc)
     else:
         render.print_trace(result, _stdout_console())
         if (footer := _geo_footer(geo)) is not None:
