@@ -84,7 +84,9 @@ class AutoConfig:
     def check(self) -> None:
         """Raise InputError (exit 2) for values the loop cannot run with."""
         if self.model not in MODELS:
-            raise InputError(f"unknown --optimize model {self.model!r}; use one of {MODELS}")
+            raise InputError(
+                f"unknown --optimize model {self.model!r}; use one of {', '.join(MODELS)}"
+            )
         if not (self.interval > 0 and math.isfinite(self.interval)):
             raise InputError(
                 f"--interval must be a positive number of seconds, not {self.interval}"

@@ -190,7 +190,7 @@ def rig(brazil_lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[A
     log_path = tmp / "relay.log"
     relay = lab.popen(
         "home",
-        [PY, "-m", "linkscope.cli.auto", "--listen", f"127.0.0.1:{RELAY_PORT}",
+        [PY, "-m", "linkscope", "relay", "--auto", "--listen", f"127.0.0.1:{RELAY_PORT}",
          "--to", f"br:{SERVER_PORT}", "--nodes", str(tmp / "nodes.toml"),
          "--interval", str(INTERVAL), "--rounds", str(ROUNDS), "--probe-count", str(PROBES),
          "--loss-window", str(WINDOW), "--db", str(tmp / "history.db"), "--json"],

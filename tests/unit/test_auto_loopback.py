@@ -233,8 +233,9 @@ async def test_serves_on_chosen_chain_and_fails_over_when_its_agent_dies(
 
 # -- the command, as a user runs it ----------------------------------------------------------------
 def run_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """`linkscope relay --auto ARGS...`."""
     return subprocess.run(
-        [PY, "-m", "linkscope.cli.auto", *args],
+        [PY, "-m", "linkscope", "relay", "--auto", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -286,9 +287,14 @@ def test_listen_address_in_use_is_exit_2(tmp_path: Path, echo: EchoServer) -> No
 
 
 def test_dry_run_json_plans_without_listening(agents: Agents, echo: EchoServer) -> None:
-    r = run_cli(
-        "--listen", "127.0.0.1:0", "--to", f"127.0.0.1:{echo.port}", "--nodes",
-        str(agents.inventory_path), "--dry-run", "--json", "--probe-count", "3",
+    """`linkscope relay --auto --dry-run --json`, as a user runs it."""
+    r = subprocess.run(
+        [PY, "-m", "linkscope", "relay", "--auto", "--listen", "127.0.0.1:0", "--to",
+         f"127.0.0.1:{echo.port}", "--nodes", str(agents.inventory_path), "--dry-run", "--json",
+         "--probe-count", "3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
