@@ -84,7 +84,8 @@ class LiveProber:
         from linkscope.probe import PingStats
         from linkscope.relay.entry import probe_via_agent
 
-        budget = self.count * self.interval + self.timeout + 1.0
+        # longer than the round's own limit, so a slow agent shows up as a plain TimeoutError
+        budget = self.count * self.interval + self.timeout + 3.0
         doc = await probe_via_agent(node, list(hosts), (), self.count, timeout=budget)
         out: dict[str, list[float | None] | str] = {}
         for r in doc.get("results", []):

@@ -135,9 +135,12 @@ class RoundSamples:
     agents_down: Mapping[str, str]  # node name -> why its agent did not answer
     duration_s: float
     errors: Mapping[Segment, str] = field(default_factory=dict)  # agent-reported, per segment
+    agents_slow: frozenset[str] = frozenset()  # of agents_down: those that only timed out
 
 
-SegmentCallback = Callable[[Segment, Sequence[float | None], str | None], object]
+SegmentCallback = Callable[[Segment, Sequence[float | None], str | None, bool], object]
+"""``(segment, samples, why, soft)``: ``soft`` when the only evidence is an agent that was too slow
+to answer (a timeout), which one round alone does not count as a failure."""
 
 
 async def measure_round(
@@ -160,9 +163,11 @@ async def measure_round(
     local_hosts = [cfg.target_host, *[n.host for n in nodes]]
     limit = timeout if timeout is not None else _round_budget(cfg)
 
-    def heard(seg: Segment, samples: Sequence[float | None], why: str | None = None) -> None:
+    def heard(
+        seg: Segment, samples: Sequence[float | None], why: str | None = None, soft: bool = False
+    ) -> None:
         if on_segment is not None:
-            on_segment(seg, samples, why)
+            on_segment(seg, samples, why, soft)
 
     async def local(host: str) -> tuple[str, Samples | BaseException]:
         seg = (SOURCE, host_name[host])
@@ -181,8 +186,9 @@ async def measure_round(
             async with asyncio.timeout(limit):
                 res = await prober.via_agent(node, hosts)
         except Exception as exc:
-            # its agent did not answer: no chain through it
-            heard((SOURCE, node.name), (), f"agent {node.name} did not answer: {_why(exc)}")
+            # its agent did not answer: no chain through it (a mere timeout is soft evidence)
+            why = f"agent {node.name} did not answer: {_why(exc)}"
+            heard((SOURCE, node.name), (), why, isinstance(exc, TimeoutError))
             return node, exc
         for host, samples in res.items():
             name = host_name.get(host)
@@ -202,6 +208,7 @@ async def measure_round(
     out: dict[Segment, Samples] = {}
     errors: dict[Segment, str] = {}
     down: dict[str, str] = {}
+    slow: set[str] = set()
     for t in local_tasks:
         host, res = t.result()
         out[(SOURCE, host_name[host])] = [] if isinstance(res, BaseException) else list(res)
@@ -210,6 +217,8 @@ async def measure_round(
         peers = [cfg.target_name, *[n.name for n in nodes if n.name != node.name]]
         if isinstance(ares, BaseException):
             down[node.name] = _why(ares)
+            if isinstance(ares, TimeoutError):
+                slow.add(node.name)
             for p in peers:
                 out[(node.name, p)] = []
             continue
@@ -223,13 +232,14 @@ async def measure_round(
                     out[(node.name, name)] = list(s)
         for p in peers:
             out.setdefault((node.name, p), [])
-    return RoundSamples(out, down, time.monotonic() - t0, errors)
+    return RoundSamples(out, down, time.monotonic() - t0, errors, frozenset(slow))
 
 
 def _round_budget(cfg: AutoConfig) -> float:
     """How long one probe of a round may take: all its pings, the last one's timeout, and a
-    margin for the request to an agent (one RTT or two on the paths relays are for)."""
-    return cfg.probe_count * cfg.probe_interval + cfg.probe_timeout + 1.0
+    margin for the request to an agent (a connect and a reply over paths of a few hundred ms,
+    and an agent that shares its CPU)."""
+    return cfg.probe_count * cfg.probe_interval + cfg.probe_timeout + 2.0
 
 
 def _why(exc: BaseException) -> str:
@@ -503,6 +513,7 @@ class AutoRelay:
     chain_failures: int = 0
     last_round: RoundSamples | None = None
     _failover: asyncio.Event | None = None
+    _slow: dict[str, int] = field(default_factory=dict)  # agent -> consecutive timeouts
 
     def __post_init__(self) -> None:
         self.estimates = Estimates(alpha=self.cfg.alpha, window=self.cfg.loss_window)
@@ -525,12 +536,19 @@ class AutoRelay:
         return self.feed(rs)
 
     def segment_result(
-        self, seg: Segment, samples: Sequence[float | None], why: str | None = None
+        self,
+        seg: Segment,
+        samples: Sequence[float | None],
+        why: str | None = None,
+        soft: bool = False,
     ) -> Decision | None:
         """One segment's probes of this round are in: total loss on the current chain fails
-        over at once, without waiting for the rest of the round."""
+        over at once, without waiting for the rest of the round. Soft evidence (an agent timed
+        out) waits for the end of the round, where a first timeout is forgiven."""
         cur = self.current
         if cur is None or any(s is not None for s in samples):
+            return None
+        if soft and self._slow.get(seg[1], 0) == 0:
             return None
         if seg not in segments(SOURCE, cur, self.cfg.target_name):
             return None
@@ -539,8 +557,36 @@ class AutoRelay:
         )
         return None if d is None else self._record(d)
 
+    def _forgive_slow_agents(self, rs: RoundSamples) -> RoundSamples:
+        """An agent that timed out once, while it still answers pings, is given one more round:
+        its segments are left unmeasured this round instead of dead (no failover on one slow
+        reply). A second timeout in a row, or a host that does not answer pings, is a failure."""
+        forgiven: set[str] = set()
+        for name in rs.agents_down:
+            if name not in rs.agents_slow:
+                self._slow.pop(name, None)
+                continue
+            n = self._slow[name] = self._slow.get(name, 0) + 1
+            local = rs.samples.get((SOURCE, name), ())
+            if n == 1 and any(x is not None for x in local):
+                forgiven.add(name)
+        for name in list(self._slow):
+            if name not in rs.agents_down:
+                del self._slow[name]
+        if not forgiven:
+            return rs
+        for name in sorted(forgiven):
+            self._event("agent_slow", {"node": name, "reason": rs.agents_down[name]})
+        return replace(
+            rs,
+            samples={k: v for k, v in rs.samples.items() if k[0] not in forgiven},
+            agents_down={k: v for k, v in rs.agents_down.items() if k not in forgiven},
+            agents_slow=rs.agents_slow - forgiven,
+        )
+
     def feed(self, rs: RoundSamples, at: float | None = None) -> Decision:
         """Feed one round's samples (pure apart from the clock): estimates, plan, decision."""
+        rs = self._forgive_slow_agents(rs)
         self._report_changes(rs)
         self.last_round = rs
         self.estimates.observe(rs, at)

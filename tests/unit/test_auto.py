@@ -273,6 +273,42 @@ async def test_early_failover_before_the_round_ends() -> None:
         await task
 
 
+def test_a_slow_agent_is_forgiven_once() -> None:
+    """One timeout of an agent that still answers pings is not a failure; two in a row are."""
+    events: list[tuple[str, dict[str, object]]] = []
+    relay = AutoRelay(cfg(), prober=None, on_event=lambda e, f: events.append((e, f)))  # type: ignore[arg-type]
+    relay.feed(rs(BRAZIL))
+    cur = relay.current
+    assert cur is not None and cur[0] == "sh"
+    slow = RoundSamples(
+        with_(sh_br=[], sh_mx=[]), {"sh": "timeout"}, 0.1, agents_slow=frozenset({"sh"})
+    )
+    # mid-round, a first timeout is soft evidence: ignored until the round ends...
+    assert relay.segment_result((SOURCE, "sh"), (), "agent sh did not answer", True) is None
+    d = relay.feed(slow)
+    # ...where it is forgiven: no failover on one slow reply
+    assert d.kind in (DecisionKind.KEEP, DecisionKind.HOLD) and relay.current == cur
+    assert [e for e, _ in events] == ["agent_slow"]
+    # a second timeout in a row is a failure, acted on as soon as it is seen
+    d2 = relay.segment_result((SOURCE, "sh"), (), "agent sh did not answer: timeout", True)
+    assert d2 is not None and d2.kind == DecisionKind.FAILOVER
+    assert "agent sh did not answer: timeout" in d2.reason and "sh" not in (relay.current or ())
+    relay.feed(slow)
+    assert [e for e, _ in events] == ["agent_slow", "agent_down"]
+
+
+def test_a_slow_agent_whose_host_is_silent_is_down_at_once() -> None:
+    relay = AutoRelay(cfg(), prober=None)  # type: ignore[arg-type]
+    relay.feed(rs(BRAZIL))
+    silent = RoundSamples(
+        with_(local_sh=[None] * 10, sh_br=[], sh_mx=[]),
+        {"sh": "timeout"},
+        0.1,
+        agents_slow=frozenset({"sh"}),
+    )
+    assert relay.feed(silent).kind == DecisionKind.FAILOVER
+
+
 async def test_measure_round_bounds_a_hanging_probe() -> None:
     p = ScriptedProber(slow={TARGET})
     out = await measure_round(p, cfg(), timeout=0.2)
