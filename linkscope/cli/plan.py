@@ -17,6 +17,7 @@ from typing import Any
 import typer
 
 from linkscope.cli.app import app
+from linkscope.cli.plot import PLOT_OPTION, check_plot_path, write_plot
 from linkscope.errors import InputError, LinkscopeError
 
 DEFAULT_SOURCE = "local"
@@ -121,9 +122,13 @@ def plan_command(
         1.0, "--hop-cost", help="Forwarding cost per relay in ms (interactive, latency)."
     ),
     db: Path | None = typer.Option(
-        None, "--db", help="History database (read without --measurements; the plan is recorded)."
+        None,
+        "--db",
+        help="History database (default: XDG data); every plan is recorded there, and without "
+        "--measurements this host's probes are read from it.",
     ),
     as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
+    plot: Path | None = PLOT_OPTION,
 ) -> None:
     """Rank relay chains to TARGET by predicted cost, against the direct path."""
     from linkscope.graph import graph_from_measurements
@@ -131,6 +136,7 @@ def plan_command(
     from linkscope.inventory import load_inventory
     from linkscope.plan import plan_chains
 
+    check_plot_path(plot)
     max_age_s = parse_duration(max_age) if max_age is not None else None
     inventory = None
     if nodes is not None or measurements is None:
@@ -186,11 +192,11 @@ def plan_command(
             f"no measured chain or direct path reaches {target!r} under the {plan.model} model"
         )
     doc = plan.to_dict()
-    if db is not None:
-        from linkscope.store import Store
+    from linkscope.store import Store
 
-        with Store.open(db) as store:
-            store.record_plan(doc, created_at=time.time())
+    with Store.open(db) as store:
+        store.record_plan(doc, created_at=time.time())
+    write_plot("plan", doc, plot)
     if as_json:
         sys.stdout.write(json.dumps(doc) + "\n")
         return

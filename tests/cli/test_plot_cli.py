@@ -57,3 +57,17 @@ def test_bad_plot_path_is_refused_before_probing(tmp_path: Path, name: str, reas
     assert (
         len(lines) == 1 and lines[0].startswith("linkscope: error: --plot") and reason in lines[0]
     )
+
+
+def test_plan_plot_writes_a_png_and_records_the_plan(tmp_path: Path) -> None:
+    out, db = tmp_path / "plan.png", tmp_path / "history.db"
+    measurements = Path(__file__).resolve().parents[2] / "data" / "measurements" / "brazil.json"
+    res = run(
+        "plan", "br", "--measurements", str(measurements), "--db", str(db), "--plot", str(out)
+    )
+    assert res.returncode == 0, res.stderr
+    assert_picture(out)
+    from linkscope.store import Store
+
+    with Store.open(db) as store:
+        assert store.plans()  # the ranked chains are in the history
