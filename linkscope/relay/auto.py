@@ -143,18 +143,45 @@ SegmentCallback = Callable[[Segment, Sequence[float | None], str | None, bool], 
 to answer (a timeout), which one round alone does not count as a failure."""
 
 
+AgentResult = tuple[Node, Mapping[str, Samples | str] | BaseException]
+
+
+class AgentRequests:
+    """Agent probe requests that may outlive one round.
+
+    A request to an agent behind a cut link only ends at its timeout. Were the round to wait
+    for it, the next round's local probes, which are what sees such a cut first, would wait
+    too. So the serving loop keeps each agent's request in a task group that lives as long as
+    the loop: a round takes the answers that are in (after a short ``grace`` for those about to
+    arrive) and leaves the others pending, their segments unmeasured for that round; a request
+    that runs out of time is collected by a later round as a timeout (soft evidence).
+    """
+
+    def __init__(self, tg: asyncio.TaskGroup, *, grace: float = 0.3) -> None:
+        self.tg = tg
+        self.grace = grace
+        self.pending: dict[str, asyncio.Task[AgentResult]] = {}
+
+    def cancel(self) -> None:
+        for task in self.pending.values():
+            task.cancel()
+        self.pending.clear()
+
+
 async def measure_round(
     prober: Prober,
     cfg: AutoConfig,
     *,
     timeout: float | None = None,
     on_segment: SegmentCallback | None = None,
+    agents: AgentRequests | None = None,
 ) -> RoundSamples:
     """Measure every segment once, concurrently: local probes and one request per agent.
 
     ``on_segment`` hears each segment's samples as soon as they are in, before the slowest
     probe of the round (e.g. an agent behind a cut link, which only times out) has finished:
-    that is what lets a failover start at once.
+    that is what lets a failover start at once. Without ``agents`` the round waits for every
+    agent (the first round, a dry run); with it, see ``AgentRequests``.
     """
     t0 = time.monotonic()
     nodes = list(cfg.nodes.nodes.values())
@@ -180,7 +207,7 @@ async def measure_round(
         heard(seg, res)
         return host, res
 
-    async def agent(node: Node) -> tuple[Node, Mapping[str, Samples | str] | BaseException]:
+    async def agent(node: Node) -> AgentResult:
         hosts = [cfg.target_host, *[n.host for n in nodes if n.name != node.name]]
         try:
             async with asyncio.timeout(limit):
@@ -201,9 +228,27 @@ async def measure_round(
                     heard((node.name, name), samples)
         return node, res
 
-    async with asyncio.TaskGroup() as tg:
-        local_tasks = [tg.create_task(local(h), name=f"probe-local-{h}") for h in local_hosts]
-        agent_tasks = [tg.create_task(agent(n), name=f"probe-agent-{n.name}") for n in nodes]
+    agent_results: list[AgentResult] = []
+    if agents is None:
+        async with asyncio.TaskGroup() as tg:
+            local_tasks = [tg.create_task(local(h), name=f"probe-local-{h}") for h in local_hosts]
+            agent_tasks = [tg.create_task(agent(n), name=f"probe-agent-{n.name}") for n in nodes]
+        agent_results = [t.result() for t in agent_tasks]
+    else:
+        for n in nodes:
+            if n.name not in agents.pending:
+                agents.pending[n.name] = agents.tg.create_task(
+                    agent(n), name=f"probe-agent-{n.name}"
+                )
+        async with asyncio.TaskGroup() as tg:
+            local_tasks = [tg.create_task(local(h), name=f"probe-local-{h}") for h in local_hosts]
+        waiting = [t for t in agents.pending.values() if not t.done()]
+        if waiting:
+            await asyncio.wait(waiting, timeout=agents.grace)
+        for agent_name, task in list(agents.pending.items()):
+            if task.done():
+                del agents.pending[agent_name]
+                agent_results.append(task.result())
 
     out: dict[Segment, Samples] = {}
     errors: dict[Segment, str] = {}
@@ -212,8 +257,7 @@ async def measure_round(
     for t in local_tasks:
         host, res = t.result()
         out[(SOURCE, host_name[host])] = [] if isinstance(res, BaseException) else list(res)
-    for ta in agent_tasks:
-        node, ares = ta.result()
+    for node, ares in agent_results:
         peers = [cfg.target_name, *[n.name for n in nodes if n.name != node.name]]
         if isinstance(ares, BaseException):
             down[node.name] = _why(ares)
@@ -237,9 +281,11 @@ async def measure_round(
 
 def _round_budget(cfg: AutoConfig) -> float:
     """How long one probe of a round may take: all its pings, the last one's timeout, and a
-    margin for the request to an agent (a connect and a reply over paths of a few hundred ms,
-    and an agent that shares its CPU)."""
-    return cfg.probe_count * cfg.probe_interval + cfg.probe_timeout + 2.0
+    margin for the request to an agent (a connect and a reply over paths of a few hundred ms).
+
+    Kept tight, because a hanging agent holds the round and so the next local probes; an agent
+    that is merely slow once is forgiven (``AutoRelay._forgive_slow_agents``)."""
+    return cfg.probe_count * cfg.probe_interval + cfg.probe_timeout + 1.0
 
 
 def _why(exc: BaseException) -> str:
@@ -530,9 +576,11 @@ class AutoRelay:
         return [self.cfg.nodes.nodes[n] for n in (self.current or DIRECT)]
 
     # -- one round --
-    async def probe_round(self) -> Decision:
+    async def probe_round(self, agents: AgentRequests | None = None) -> Decision:
         """Measure, plan and decide once (failing over early if a current segment dies)."""
-        rs = await measure_round(self.prober, self.cfg, on_segment=self.segment_result)
+        rs = await measure_round(
+            self.prober, self.cfg, on_segment=self.segment_result, agents=agents
+        )
         return self.feed(rs)
 
     def segment_result(
@@ -719,19 +767,28 @@ class AutoRelay:
         *,
         tick: Callable[[], None] | None = None,
     ) -> None:
-        """Re-measure every ``interval`` until ``stop`` is set, applying every decision."""
-        while not stop.is_set():
-            started = time.monotonic()
-            d = await self.probe_round()
-            res = apply(d)
-            if res is not None:
-                await res
-            if tick is not None:
-                tick()
-            delay = max(0.0, self.cfg.interval - (time.monotonic() - started))
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await stop.wait()
+        """Re-measure every ``interval`` until ``stop`` is set, applying every decision.
+
+        Agent requests run in this loop's own task group and may span rounds
+        (``AgentRequests``), so a hanging agent never delays the local probes.
+        """
+        async with asyncio.TaskGroup() as tg:
+            agents = AgentRequests(tg)
+            try:
+                while not stop.is_set():
+                    started = time.monotonic()
+                    d = await self.probe_round(agents)
+                    res = apply(d)
+                    if res is not None:
+                        await res
+                    if tick is not None:
+                        tick()
+                    delay = max(0.0, self.cfg.interval - (time.monotonic() - started))
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(delay):
+                            await stop.wait()
+            finally:
+                agents.cancel()
 
 
 # -- the serving side -----------------------------------------------------------------------------
@@ -893,6 +950,7 @@ def suspect_segment(
 __all__ = [
     "MODELS",
     "SOURCE",
+    "AgentRequests",
     "AutoConfig",
     "AutoEntry",
     "AutoRelay",

@@ -217,9 +217,15 @@ def test_evaluate_throughput_cost_is_inverted() -> None:
 
 # -- measurement round, scripted prober -----------------------------------------------------------
 class ScriptedProber:
-    def __init__(self, down: set[str] = set(), slow: set[str] = set()) -> None:  # noqa: B006
+    def __init__(
+        self,
+        down: frozenset[str] = frozenset(),
+        slow: frozenset[str] = frozenset(),
+        slow_agents: frozenset[str] = frozenset(),
+    ) -> None:
         self.down = down
         self.slow = slow
+        self.slow_agents = slow_agents
         self.asked: list[tuple[str, tuple[str, ...]]] = []
 
     async def local(self, host: str) -> list[float | None]:
@@ -229,13 +235,15 @@ class ScriptedProber:
 
     async def via_agent(self, n: Node, hosts: Sequence[str]) -> Mapping[str, list[float | None]]:
         self.asked.append((n.name, tuple(hosts)))
+        if n.name in self.slow_agents:
+            await asyncio.sleep(10)
         if n.name in self.down:
             raise ConnectionRefusedError(111, "Connection refused")
         return {h: [2.0] for h in hosts}
 
 
 async def test_measure_round_maps_hosts_to_segments() -> None:
-    p = ScriptedProber(down={"mx"})
+    p = ScriptedProber(down=frozenset({"mx"}))
     out = await measure_round(p, cfg())
     assert out.samples[(SOURCE, "br")] == [1.0, None]
     assert out.samples[(SOURCE, "sh")] == [1.0, None]
@@ -309,8 +317,27 @@ def test_a_slow_agent_whose_host_is_silent_is_down_at_once() -> None:
     assert relay.feed(silent).kind == DecisionKind.FAILOVER
 
 
+async def test_hanging_agent_does_not_hold_the_round() -> None:
+    """With persistent agent requests a round ends with its local probes; the hanging agent's
+    segments are unmeasured, and its timeout is collected by a later round as soft evidence."""
+    from linkscope.relay.auto import AgentRequests
+
+    p = ScriptedProber(slow_agents=frozenset({"sh"}))
+    async with asyncio.TaskGroup() as tg:
+        agents = AgentRequests(tg, grace=0.05)
+        r1 = await measure_round(p, cfg(), timeout=0.5, agents=agents)
+        assert r1.duration_s < 0.4
+        assert ("sh", "br") not in r1.samples and r1.samples[("mx", "br")] == [2.0]
+        assert not r1.agents_down and "sh" in agents.pending
+        await asyncio.sleep(0.6)
+        r2 = await measure_round(p, cfg(), timeout=0.5, agents=agents)
+        assert r2.agents_down == {"sh": "timeout"} and r2.agents_slow == {"sh"}
+        assert r2.samples[("sh", "br")] == []
+        agents.cancel()
+
+
 async def test_measure_round_bounds_a_hanging_probe() -> None:
-    p = ScriptedProber(slow={TARGET})
+    p = ScriptedProber(slow=frozenset({TARGET}))
     out = await measure_round(p, cfg(), timeout=0.2)
     assert out.samples[(SOURCE, "br")] == []
     assert out.duration_s < 2.0
