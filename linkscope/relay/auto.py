@@ -136,6 +136,13 @@ class RoundSamples:
     duration_s: float
     errors: Mapping[Segment, str] = field(default_factory=dict)  # agent-reported, per segment
     agents_slow: frozenset[str] = frozenset()  # of agents_down: those that only timed out
+    agents_answered: frozenset[str] | None = None  # None: every agent with samples, not down
+
+    def answered(self) -> frozenset[str]:
+        """Agents whose answer is in this round (a pending request is neither up nor down)."""
+        if self.agents_answered is not None:
+            return self.agents_answered
+        return frozenset(u for u, _ in self.samples if u != SOURCE) - set(self.agents_down)
 
 
 SegmentCallback = Callable[[Segment, Sequence[float | None], str | None, bool], object]
@@ -276,7 +283,8 @@ async def measure_round(
                     out[(node.name, name)] = list(s)
         for p in peers:
             out.setdefault((node.name, p), [])
-    return RoundSamples(out, down, time.monotonic() - t0, errors, frozenset(slow))
+    answered = frozenset(n.name for n, r in agent_results if not isinstance(r, BaseException))
+    return RoundSamples(out, down, time.monotonic() - t0, errors, frozenset(slow), answered)
 
 
 def _round_budget(cfg: AutoConfig) -> float:
@@ -619,7 +627,7 @@ class AutoRelay:
             if n == 1 and any(x is not None for x in local):
                 forgiven.add(name)
         for name in list(self._slow):
-            if name not in rs.agents_down:
+            if name in rs.answered():
                 del self._slow[name]
         if not forgiven:
             return rs
@@ -632,9 +640,23 @@ class AutoRelay:
             agents_slow=rs.agents_slow - forgiven,
         )
 
+    def _carry_over(self, rs: RoundSamples) -> RoundSamples:
+        """An agent whose request is still pending keeps its state: down (or its segment
+        errors) until it answers."""
+        answered = rs.answered()
+        down = dict(rs.agents_down)
+        for name, why in self.estimates.agents_down.items():
+            if name not in answered:
+                down.setdefault(name, why)
+        errors = dict(rs.errors)
+        for (u, v), why in self.estimates.errors.items():
+            if u not in answered and u not in down:
+                errors.setdefault((u, v), why)
+        return replace(rs, agents_down=down, errors=errors)
+
     def feed(self, rs: RoundSamples, at: float | None = None) -> Decision:
         """Feed one round's samples (pure apart from the clock): estimates, plan, decision."""
-        rs = self._forgive_slow_agents(rs)
+        rs = self._carry_over(self._forgive_slow_agents(rs))
         self._report_changes(rs)
         self.last_round = rs
         self.estimates.observe(rs, at)

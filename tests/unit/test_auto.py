@@ -305,6 +305,28 @@ def test_a_slow_agent_is_forgiven_once() -> None:
     assert [e for e, _ in events] == ["agent_slow", "agent_down"]
 
 
+def test_a_down_agent_stays_down_while_its_request_is_pending() -> None:
+    events: list[str] = []
+
+    def note(e: str, f: dict[str, object]) -> None:
+        events.append(f"{e}:{f.get('node')}")
+
+    relay = AutoRelay(cfg(), prober=None, on_event=note)  # type: ignore[arg-type]
+    relay.feed(rs(BRAZIL))
+    no_sh = {k: v for k, v in BRAZIL.items() if k[0] != "sh"}
+    down = RoundSamples({**no_sh, ("sh", "br"): [], ("sh", "mx"): []}, {"sh": "refused"}, 0.1)
+    relay.feed(down)
+    assert (SOURCE, "sh") in relay.estimates.dead()
+    # next round: sh's new request is still pending (no answer either way): still down
+    pending = RoundSamples(no_sh, {}, 0.1, agents_answered=frozenset({"mx"}))
+    relay.feed(pending)
+    assert (SOURCE, "sh") in relay.estimates.dead() and events == ["agent_down:sh"]
+    # it answers: up again
+    relay.feed(RoundSamples(BRAZIL, {}, 0.1, agents_answered=frozenset({"sh", "mx"})))
+    assert (SOURCE, "sh") not in relay.estimates.dead()
+    assert events == ["agent_down:sh", "agent_up:sh"]
+
+
 def test_a_slow_agent_whose_host_is_silent_is_down_at_once() -> None:
     relay = AutoRelay(cfg(), prober=None)  # type: ignore[arg-type]
     relay.feed(rs(BRAZIL))
