@@ -470,7 +470,9 @@ def _floats(series: Any) -> list[float]:
 def _ms(v: float) -> str:
     if v != v:
         return "—"
-    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.1f}"
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    return f"{v:.1f}" if abs(v) >= 1 or v == 0 else f"{v:.3f}"  # loopback is sub-millisecond
 
 
 def _pct(v: float) -> str:

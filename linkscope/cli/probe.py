@@ -64,12 +64,20 @@ def _geo_lookup(
     return GeoLookup.discover(geoip_dir=geoip, city_db=city_db, asn_db=asn_db)
 
 
-def _geo_footer(geo: Any) -> str | None:
-    """The line shown under rendered results: attribution, or how to get geo at all."""
+def _located(trace: Any) -> bool:
+    """Did a database place any hop of this trace (so its attribution is owed)?"""
+    return trace is not None and any(
+        h.city or h.country or h.asn is not None or h.lat is not None for h in trace.hops
+    )
+
+
+def _geo_footer(geo: Any, located: bool) -> str | None:
+    """The line shown under rendered results: the data's attribution when it placed a hop, or
+    how to get geo at all when there is no database."""
     if geo is None:
         return None
     if geo.attribution:
-        return str(geo.attribution)
+        return str(geo.attribution) if located else None
     if not geo.sources and geo.hint:
         return f"no geo: {geo.hint}"
     return None
@@ -234,7 +242,7 @@ def probe(
     docs = [_with_geo(r.to_dict(), geo) for r in done]
     if json_out:
         render.print_json(docs[0] if len(names) == 1 and docs else docs)
-    elif (footer := _geo_footer(geo)) is not None and done:
+    elif (footer := _geo_footer(geo, any(_located(r.trace) for r in done))) is not None:
         _stdout_console().print(footer, style="dim", soft_wrap=True)
     if docs:
         write_plot("probe", docs, plot)
@@ -344,7 +352,7 @@ def trace_cmd(
         render.print_json(doc)
     else:
         render.print_trace(result, _stdout_console())
-        if (footer := _geo_footer(geo)) is not None:
+        if (footer := _geo_footer(geo, _located(result))) is not None:
             _stdout_console().print(footer, style="dim", soft_wrap=True)
     if stopped:
         _stderr().print("linkscope: interrupted; partial results printed and stored")

@@ -112,9 +112,9 @@ def test_rich_output(tmp_path: Path) -> None:
     out = proc.stdout
     for text in ("ping (icmp-raw)", "tcp handshake", "trace (icmp", "127.0.0.1", "refused"):
         assert text in out, out
-    *_, verdict, footer = [line for line in out.splitlines() if line.strip()]
-    assert verdict.startswith("poor: TCP port 9 refused")
-    assert footer.startswith("IP Geolocation by DB-IP")  # the embedded data's licence asks for it
+    assert out.strip().splitlines()[-1].startswith("poor: TCP port 9 refused")
+    # no database placed a loopback hop, so no attribution is owed (test_geo_cli: when it is)
+    assert "IP Geolocation" not in out
 
 
 @pytest.mark.root

@@ -47,8 +47,10 @@ def dbip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         description="DB-IP.com - IP to City",
         ipv4_compatible=True,
     )
+    # 127.0.0.0/8 too: a user database that places loopback is consulted (as the lab's is), so
+    # the loopback hop is located by DB-IP-typed data and its attribution is owed
     writer.insert_network(
-        IPSet(["81.2.69.0/24"]),
+        IPSet(["81.2.69.0/24", "127.0.0.0/8"]),
         {"city": {"names": {"en": "London"}}, "location": {"latitude": 51.5, "longitude": -0.1}},
     )
     writer.to_db_file(str(d / "dbip-city-lite.mmdb"))
