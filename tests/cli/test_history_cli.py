@@ -119,7 +119,7 @@ def test_newer_schema_is_a_one_line_error(tmp_path: Path) -> None:
     ("args", "words"),
     [
         (["--since", "last week"], "--since"),
-        (["--kind", "plan"], "--kind"),
+        (["--kind", "plans"], "--kind"),
         (["--limit", "0"], "--limit"),
     ],
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -62,4 +63,96 @@ def print_runs(runs: list[Run], path: str) -> None:
     console.print(runs_table(runs, console.width))
 
 
-__all__ = ["print_runs", "runs_table"]
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _chain(hops: str) -> str:
+    return " → ".join(hops.split(",")) if hops else "direct"
+
+
+def group_plans(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Store rows (one per ranked chain, rank 0 = direct) → one document per plan, in the plan
+    JSON contract's shape plus ``plan_id`` and ``created_at``."""
+    plans: dict[int, dict[str, Any]] = {}
+    for r in rows:
+        p = plans.setdefault(
+            r["plan_id"],
+            {
+                "plan_id": r["plan_id"],
+                "created_at": r["created_at"],
+                "model": r["model"],
+                "target": r["target"],
+                "direct": {
+                    "rtt_ms": r["direct_rtt_ms"],
+                    "loss": r["direct_loss"],
+                    "cost": r["direct_cost"],
+                },
+                "chains": [],
+            },
+        )
+        if r["rank"] > 0:
+            p["chains"].append(
+                {
+                    "hops": r["hops"].split(",") if r["hops"] else [],
+                    "rtt_ms": r["rtt_ms"],
+                    "loss": r["loss"],
+                    "cost": r["cost"],
+                    "gain": r["gain"],
+                }
+            )
+    return list(plans.values())
+
+
+def _num(value: float | None, fmt: str = "{:.1f}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def _console() -> Console:
+    """Full lines when piped (rich would cut tables to 80 columns); the terminal's width else."""
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console.width = 200
+    return console
+
+
+def print_plans(plans: list[dict[str, Any]], path: str) -> None:
+    """One line per plan: its best chain against the direct path."""
+    console = _console()
+    if not plans:
+        console.print(f"no plans recorded in {path} (matching the filters)", markup=False)
+        return
+    t = Table(show_edge=False, pad_edge=False)
+    for col in ("when", "id", "target", "model", "best chain", "cost", "direct cost", "gain"):
+        right = col in ("id", "cost", "direct cost", "gain")
+        t.add_column(col, justify="right" if right else "left", no_wrap=True)
+    for p in plans:
+        best = p["chains"][0] if p["chains"] else None
+        t.add_row(
+            _when(p["created_at"]),
+            str(p["plan_id"]),
+            p["target"],
+            p["model"],
+            "(none)" if best is None else _chain(",".join(best["hops"])),
+            "-" if best is None else _num(best["cost"], "{:.4g}"),
+            _num(p["direct"]["cost"], "{:.4g}"),
+            "-" if best is None else _num(best["gain"], "{:+.4g}"),
+        )
+    console.print(t)
+
+
+def print_decisions(decisions: list[dict[str, Any]], path: str) -> None:
+    """One line per `relay --auto` decision: when, the chain chosen, and why."""
+    console = _console()
+    if not decisions:
+        console.print(f"no relay decisions recorded in {path} (matching the filters)")
+        return
+    t = Table(show_edge=False, pad_edge=False)
+    for col in ("when", "id", "chain", "reason"):
+        t.add_column(col, justify="right" if col == "id" else "left", no_wrap=col != "reason")
+    for d in decisions:
+        t.add_row(_when(d["at"]), str(d["id"]), _chain(d["chain"]), d["reason"])
+    console.print(t)
+
+
+__all__ = ["group_plans", "print_decisions", "print_plans", "print_runs", "runs_table"]
