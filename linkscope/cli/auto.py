@@ -103,6 +103,14 @@ class LiveProber:
 
 
 # -- history ------------------------------------------------------------------------------------
+def notable(d: Decision) -> bool:
+    """Worth a log line and a history row: anything but "nothing to do" (a keep, or a hold
+    whose challenger is better by less than the hysteresis: no streak is building)."""
+    if d.changed:
+        return True
+    return not (d.kind == DecisionKind.KEEP or (d.kind == DecisionKind.HOLD and d.streak == 0))
+
+
 class DecisionLog:
     """Where decisions go: a structured line (or nothing, under the Live view) and the store."""
 
@@ -134,9 +142,10 @@ class DecisionLog:
     def decision(self, d: Decision, status: Any) -> None:
         from linkscope.cli.render.auto import decision_fields
 
-        if d.kind != DecisionKind.KEEP or d.changed:
-            self.line("decision", decision_fields(d, status))
-        if self.store is not None and d.kind != DecisionKind.KEEP:
+        if not notable(d):
+            return
+        self.line("decision", decision_fields(d, status))
+        if self.store is not None:
             self._store(d, status)
 
     def _store(self, d: Decision, status: Any) -> None:
@@ -403,7 +412,9 @@ async def _serve(
         "chain_failures": st.chain_failures,
         "uptime_s": round(time.time() - started, 3),
     }
-    log.line("stop", {k: v for k, v in summary.items() if k not in ("listen", "to", "model")})
+    fields = {k: v for k, v in summary.items() if k not in ("listen", "to", "model")}
+    fields["chain"] = chain_label(st.current) if st.current is not None else None
+    log.line("stop", fields)
     if json_output:
         doc = {**summary, "decisions": [{"at": at, **x.to_dict()} for at, x in st.decisions]}
         sys.stdout.write(json.dumps(_clean(doc), sort_keys=True) + "\n")

@@ -183,7 +183,12 @@ def status_view(
     dec.add_column("at")
     dec.add_column("kind")
     dec.add_column("reason")
-    notable = [(at, d) for at, d in s.decisions if d.kind != DecisionKind.KEEP]
+    notable = [
+        (at, d)
+        for at, d in s.decisions
+        if d.changed
+        or not (d.kind == DecisionKind.KEEP or (d.kind == DecisionKind.HOLD and not d.streak))
+    ]
     for at, d in notable[-4:]:
         dec.add_row(
             time.strftime("%H:%M:%S", time.localtime(at)),
