@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from linkscope.errors import InputError
 from linkscope.inventory import Inventory, Node
@@ -429,3 +431,33 @@ def test_log_line_formats() -> None:
     doc = json.loads(log_line("decision", {**fields, "x": math.inf}, as_json=True))
     assert doc["event"] == "decision" and doc["kind"] == "initial" and doc["x"] is None
     assert doc["predicted_rtt_ms"] == pytest.approx(fields["predicted_rtt_ms"])
+
+
+# -- property: the whole loop (estimates → planner → decider) never flaps -----------------------
+_SEGS = sorted(BRAZIL)
+_round_st = st.fixed_dictionaries(
+    {
+        seg: st.one_of(
+            st.just([None] * 10),
+            st.tuples(st.floats(5.0, 600.0), st.integers(0, 10)).map(lambda t: probes(*t)),
+        )
+        for seg in _SEGS
+    }
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(_round_st, min_size=2, max_size=25), st.integers(1, 4))
+def test_loop_switches_never_closer_than_the_window(
+    rounds: list[dict[tuple[str, str], list[float | None]]], n: int
+) -> None:
+    relay = AutoRelay(cfg(rounds=n, alpha=0.5, loss_window=10), prober=None)  # type: ignore[arg-type]
+    last_change: int | None = None
+    for i, samples in enumerate(rounds):
+        d = relay.feed(rs(samples))
+        if d.kind == DecisionKind.SWITCH:
+            assert last_change is None or i - last_change >= n
+        if d.changed:
+            last_change = i
+        if d.kind in (DecisionKind.SWITCH, DecisionKind.FAILOVER, DecisionKind.INITIAL):
+            assert not any(s in relay.estimates.dead() for s in relay.decider.segments_of(d.chain))
