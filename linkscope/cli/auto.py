@@ -156,6 +156,7 @@ class DecisionLog:
         observed = {
             "segments_rtt_ms": status.observed_rtt_ms,
             "chain_up_p50_ms": status.observed_setup_ms,
+            "predicted_chain_up_ms": status.predicted_setup_ms,
             "segments": [
                 {"from": s.segment[0], "to": s.segment[1], "rtt_ms": s.rtt_ms, "loss": s.loss}
                 for s in status.segments

@@ -496,8 +496,9 @@ class AutoStatus:
     segments: tuple[SegmentStatus, ...]
     candidates: tuple[ChainStatus, ...]
     predicted: ChainStatus | None
-    observed_setup_ms: float | None
-    observed_rtt_ms: float | None
+    observed_setup_ms: float | None  # median chain-up time of recent connections on this chain
+    observed_rtt_ms: float | None  # sum of the chain's segment RTTs (EWMA), as measured now
+    predicted_setup_ms: float | None  # chain-up time the measured RTTs predict
     connections_total: int
     connections_open: int
     chain_failures: int
@@ -516,6 +517,7 @@ class AutoStatus:
             "predicted": None if self.predicted is None else self.predicted.to_dict(),
             "observed": {
                 "chain_up_p50_ms": _finite(self.observed_setup_ms),
+                "predicted_chain_up_ms": _finite(self.predicted_setup_ms),
                 "segments_rtt_ms": _finite(self.observed_rtt_ms),
             },
             "segments": [
@@ -561,7 +563,7 @@ class AutoRelay:
     decider: Decider = field(init=False)
     candidates: tuple[ChainStatus, ...] = ()
     decisions: deque[tuple[float, Decision]] = field(default_factory=lambda: deque(maxlen=50))
-    setup_ms: deque[float] = field(default_factory=lambda: deque(maxlen=20))
+    setup_ms: dict[Chain, deque[float]] = field(default_factory=dict)
     connections_total: int = 0
     connections_open: int = 0
     chain_failures: int = 0
@@ -707,8 +709,9 @@ class AutoRelay:
         d = self.decider.on_chain_failed(ChainFailed(chain, reason, segment))
         return None if d is None else self._record(d)
 
-    def chain_up(self, setup_ms: float) -> None:
-        self.setup_ms.append(setup_ms)
+    def chain_up(self, chain: Chain, setup_ms: float) -> None:
+        """A connection's chain came up after ``setup_ms`` (kept per chain, last 20)."""
+        self.setup_ms.setdefault(chain, deque(maxlen=20)).append(setup_ms)
 
     def _record(self, d: Decision) -> Decision:
         self.decisions.append((time.time(), d))
@@ -734,11 +737,13 @@ class AutoRelay:
         cur = self.current
         segs = segments(SOURCE, cur, self.cfg.target_name) if cur is not None else ()
         rtts = [self.estimates.links[s].rtt_ms for s in segs if s in self.estimates.links]
-        observed_rtt = (
-            sum(r for r in rtts if r is not None)
-            if rtts and all(r is not None for r in rtts)
-            else None
-        )
+        known = [r for r in rtts if r is not None]
+        complete = len(known) == len(segs) and bool(segs)
+        observed_rtt = sum(known) if complete else None
+        # chain-up: each hop's connect (one RTT of its segment) plus the header going out and the
+        # status byte coming back over every segment but the last: 2 x sum(relayed) + last
+        predicted_setup = 2 * sum(known[:-1]) + known[-1] if complete else None
+        setups = self.setup_ms.get(cur, ()) if cur is not None else ()
         return AutoStatus(
             listen=self.listen,
             target=f"{self.cfg.target_host}:{self.cfg.target_port}",
@@ -749,8 +754,9 @@ class AutoRelay:
             segments=self.estimates.status(),
             candidates=self.candidates,
             predicted=self.predicted(),
-            observed_setup_ms=statistics.median(self.setup_ms) if self.setup_ms else None,
+            observed_setup_ms=statistics.median(setups) if setups else None,
             observed_rtt_ms=observed_rtt,
+            predicted_setup_ms=predicted_setup,
             connections_total=self.connections_total,
             connections_open=self.connections_open,
             chain_failures=self.chain_failures,
@@ -939,7 +945,7 @@ class AutoEntry:
                 reason, seg = blame(chain, relay.cfg.target_name, exc)
                 relay.chain_failed(chain, f"chain-up failed: {reason}", seg)
                 continue
-            relay.chain_up((loop.time() - started) * 1000.0)
+            relay.chain_up(chain, (loop.time() - started) * 1000.0)
             break
         if upstream is None:
             with contextlib.suppress(OSError):

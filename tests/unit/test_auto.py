@@ -406,7 +406,8 @@ def test_status_view_and_plan_view_render_the_state() -> None:
     relay = AutoRelay(cfg(), prober=None, listen="127.0.0.1:2222")  # type: ignore[arg-type]
     first = relay.feed(rs(BRAZIL))
     relay.feed(rs(with_(local_sh=[None] * 10)))
-    relay.chain_up(321.0)
+    assert relay.current is not None
+    relay.chain_up(relay.current, 321.0)
     buf = io.StringIO()
     con = Console(file=buf, width=140, color_system=None)
     con.print(status_view(relay.status()))

@@ -148,16 +148,15 @@ def status_view(
     pred = Text()
     pred.append("predicted ")
     if s.predicted is not None:
-        pred.append(f"rtt {_ms(s.predicted.rtt_ms)} ms, loss {_pct(s.predicted.loss)}")
-    else:
-        pred.append("-")
+        pred.append(f"rtt {_ms(s.predicted.rtt_ms)} ms, loss {_pct(s.predicted.loss)}, ")
+    pred.append(f"chain-up {_ms(s.predicted_setup_ms)} ms")
     pred.append("   observed ")
     pred.append(
         f"chain-up p50 {_ms(s.observed_setup_ms)} ms"
         if s.observed_setup_ms is not None
         else "no connection yet"
     )
-    pred.append(f", segments rtt sum {_ms(s.observed_rtt_ms)} ms")
+    pred.append(f", segments rtt sum now {_ms(s.observed_rtt_ms)} ms")
 
     seg = Table(title="segments (EWMA rtt, windowed loss)", title_justify="left")
     seg.add_column("segment")
