@@ -188,6 +188,10 @@ class DecisionLog:
             self.line("store_error", {"error": str(exc) or type(exc).__name__})
 
 
+def _round(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else round(x, 1)
+
+
 def _clean(doc: Any) -> Any:
     """JSON-safe: non-finite floats become None."""
     if isinstance(doc, float):
@@ -411,6 +415,8 @@ async def _serve(
         "failovers": st.failovers,
         "connections": st.connections_total,
         "chain_failures": st.chain_failures,
+        "predicted_chain_up_ms": _round(st.predicted_setup_ms),
+        "observed_chain_up_p50_ms": _round(st.observed_setup_ms),
         "uptime_s": round(time.time() - started, 3),
     }
     fields = {k: v for k, v in summary.items() if k not in ("listen", "to", "model")}

@@ -118,6 +118,10 @@ def test_initial_choice_relays_through_sh() -> None:
     st = relay.status()
     assert st.current == d.chain
     assert st.predicted is not None and st.predicted.hops == d.chain
+    # chain-up: a connect per segment, plus header out and status back over all but the last
+    rtts = [relay.estimates.links[seg].rtt_ms or 0.0 for seg in st.current_segments]
+    assert st.predicted_setup_ms == pytest.approx(2 * sum(rtts[:-1]) + rtts[-1])
+    assert st.observed_rtt_ms == pytest.approx(sum(rtts)) and st.observed_setup_ms is None
     assert st.predicted.gain is not None and st.predicted.gain > 0.3
     direct = next(c for c in st.candidates if c.hops == ())
     assert direct.gain == 0.0 and direct.loss == pytest.approx(0.4)
