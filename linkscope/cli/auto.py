@@ -22,8 +22,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-import typer
-
 from linkscope.errors import ExitStatus, InputError, LinkscopeError
 from linkscope.relay.decide import Decision, DecisionKind, chain_label
 
@@ -429,64 +427,4 @@ async def _serve(
 
 
 # -- stand-alone entry point ----------------------------------------------------------------------
-_cli = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
-
-
-@_cli.command()
-def auto(
-    listen: str = typer.Option(..., "--listen", help="Local HOST:PORT (or :PORT) for clients."),
-    to: str = typer.Option(..., "--to", help="Final target HOST:PORT."),
-    nodes: Path | None = typer.Option(None, "--nodes", help="Inventory TOML (default: XDG)."),
-    optimize: str = typer.Option("interactive", "--optimize", help="Cost model."),
-    interval: float = typer.Option(DEFAULT_INTERVAL, "--interval", help="Seconds between rounds."),
-    hysteresis: float = typer.Option(DEFAULT_HYSTERESIS, "--hysteresis", help="Gain to switch."),
-    rounds: int = typer.Option(DEFAULT_ROUNDS, "--rounds", help="Consecutive rounds to switch."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Plan and show; do not listen."),
-    db: Path | None = typer.Option(None, "--db", help="History database."),
-    json_output: bool = typer.Option(False, "--json", help="JSON log lines; summary on stdout."),
-    max_hops: int = typer.Option(3, "--max-hops", help="Most relays in a chain."),
-    probe_count: int = typer.Option(10, "--probe-count", help="Probes per segment per round."),
-    loss_window: int = typer.Option(100, "--loss-window", help="Probes in the loss window."),
-    chain_timeout: float = typer.Option(4.0, "--chain-timeout", help="Seconds to chain-up."),
-) -> int:
-    """Relay with automatic chain choice (the same as `linkscope relay --auto`)."""
-    rc = run_relay_auto(
-        listen,
-        to,
-        nodes,
-        optimize,
-        interval,
-        hysteresis,
-        rounds,
-        dry_run,
-        db,
-        json_output,
-        max_hops=max_hops,
-        probe_count=probe_count,
-        loss_window=loss_window,
-        chain_timeout=chain_timeout,
-    )
-    return rc
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Stand-alone entry point with the CLI's one-line error contract."""
-    try:
-        rv = _cli(args=argv, prog_name="linkscope-relay-auto", standalone_mode=False)
-    except typer.TyperException as exc:
-        print(f"linkscope: error: {exc.format_message()}", file=sys.stderr)
-        sys.exit(exc.exit_code if exc.exit_code else ExitStatus.USAGE)
-    except LinkscopeError as exc:
-        print(f"linkscope: error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_status)
-    except KeyboardInterrupt:
-        print("linkscope: interrupted", file=sys.stderr)
-        sys.exit(ExitStatus.INTERRUPTED)
-    sys.exit(int(rv) if isinstance(rv, int) else ExitStatus.OK)
-
-
-if __name__ == "__main__":
-    main()
-
-
-__all__ = ["LiveProber", "main", "parse_listen", "parse_target", "run_relay_auto"]
+__all__ = ["LiveProber", "parse_listen", "parse_target", "run_relay_auto"]

@@ -333,7 +333,7 @@ def test_serve_logs_decisions_and_stops_gracefully_on_sigterm(
     port = free_port("127.0.0.1")
     db = tmp_path / "history.db"
     p = subprocess.Popen(
-        [PY, "-m", "linkscope.cli.auto", "--listen", f"127.0.0.1:{port}", "--to",
+        [PY, "-m", "linkscope", "relay", "--auto", "--listen", f"127.0.0.1:{port}", "--to",
          f"127.0.0.1:{echo.port}", "--nodes", str(agents.inventory_path), "--interval", "0.5",
          "--probe-count", "3", "--db", str(db), "--json"],
         stdout=subprocess.PIPE,
@@ -371,7 +371,7 @@ def test_sigint_before_first_round_exits_cleanly(tmp_path: Path, agents: Agents)
     err_path = tmp_path / "err.log"
     with err_path.open("w") as err_file:
         p = subprocess.Popen(
-            [PY, "-m", "linkscope.cli.auto", "--listen", f"127.0.0.1:{port}", "--to",
+            [PY, "-m", "linkscope", "relay", "--auto", "--listen", f"127.0.0.1:{port}", "--to",
              "127.0.0.1:9", "--nodes", str(agents.inventory_path), "--probe-count", "50"],
             stdout=subprocess.DEVNULL,
             stderr=err_file,
