@@ -12,6 +12,7 @@ Every figure is measured in the same run and printed as a ratio against its anch
 * RSS per idle relayed connection (1,000 idle connections, agent RSS delta).
 
 Usage: .venv/bin/python bench/relay.py [--seconds 3] [--rounds 3] [--out bench/results/relay.md]
+       .venv/bin/python bench/relay.py --only conn [--rounds 5]   (connection rate alone)
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -290,6 +291,59 @@ def conn_rate(port: int, seconds: float = 3.0, workers: int = 32) -> float:
     return uvloop.run(run()) / seconds
 
 
+def conn_rate_only(rounds: int, seconds: float, say: Callable[[str], None]) -> None:
+    """Connection rate alone: direct, linkscope (both pumps) and haproxy interleaved per round;
+    medians, plus the relay processes' user/system CPU per connection."""
+    kinds = ["linkscope-splice", "linkscope-buffered", "haproxy"]
+    closer_port = free_port()
+    closer = subprocess.Popen([PY, "-c", CLOSER, str(closer_port)])
+    wait_port("127.0.0.1", closer_port)
+    direct: list[float] = []
+    rates: dict[str, list[float]] = {k: [] for k in kinds}
+    cpu: dict[str, list[tuple[float, float]]] = {k: [] for k in kinds}
+    try:
+        for _ in range(rounds):
+            direct.append(conn_rate(closer_port, seconds))
+            for kind in kinds:
+                with chain(kind, 1, closer_port) as c:
+                    conn_rate(c.entry_port, 0.5)  # warm-up
+                    u0, s0 = cpu_split(c.pids)
+                    rate = conn_rate(c.entry_port, seconds)
+                    u1, s1 = cpu_split(c.pids)
+                n = rate * seconds * len(c.pids)
+                rates[kind].append(rate)
+                cpu[kind].append(((u1 - u0) / n * 1e6, (s1 - s0) / n * 1e6))
+    finally:
+        closer.terminate()
+        closer.wait()
+    d = statistics.median(direct)
+    h = statistics.median(rates["haproxy"])
+    say(f"nproc={os.cpu_count()}, {rounds} interleaved rounds of {seconds:g} s, medians; "
+        f"load average at the end {os.getloadavg()[0]:.1f}")  # fmt: skip
+    say(f"connections/s (client reads 1 byte, server closes first), direct: {d:.0f}/s "
+        f"(rounds: {', '.join(f'{r:.0f}' for r in direct)})")  # fmt: skip
+    say("| relay | hops (processes) | conn/s | × direct | × haproxy | rounds | "
+        "user µs/conn/process | sys µs/conn/process |")  # fmt: skip
+    say("|---|---|---|---|---|---|---|---|")
+    for kind in kinds:
+        r = statistics.median(rates[kind])
+        us = statistics.median(u for u, _ in cpu[kind])
+        sy = statistics.median(s for _, s in cpu[kind])
+        say(f"| {kind} | 1 (2) | {r:.0f} | {r / d:.2f} | {r / h:.2f} | "
+            f"{', '.join(f'{x:.0f}' for x in rates[kind])} | {us:.0f} | {sy:.0f} |")  # fmt: skip
+
+
+def cpu_split(pids: list[int]) -> tuple[float, float]:
+    """(user, system) CPU-seconds of ``pids``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    user = system = 0.0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        user += int(fields[11]) / tick
+        system += int(fields[12]) / tick
+    return user, system
+
+
 def idle_rss(c: Chain, port: int, n: int = 1000) -> float:
     """KiB of RSS per idle relayed connection in the first forwarding process after the entry."""
     pid = c.agent_pids[0] if c.kind.startswith("linkscope") else c.agent_pids[1]
@@ -313,6 +367,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--rounds", type=int, default=3, help="median over this many rounds")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--only", choices=["conn"], default=None, help="run one part only")
     args = ap.parse_args()
     t = args.seconds
     lines: list[str] = []
@@ -320,6 +375,13 @@ def main() -> None:
     def say(line: str = "") -> None:
         print(line, flush=True)
         lines.append(line)
+
+    if args.only == "conn":
+        conn_rate_only(args.rounds, t, say)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text("\n".join(lines) + "\n")
+        return
 
     iperf_port = free_port()
     server = subprocess.Popen(["iperf3", "-s", "-B", "127.0.0.1", "-p", str(iperf_port)],
