@@ -15,7 +15,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from linkscope.relay.pump import tune_socket
+from linkscope.relay.pump import set_nonblocking, tune_socket
 from linkscope.wire import NEED_DATA, Frame, FrameReader, Status, WireError
 
 log = logging.getLogger("linkscope.relay")
@@ -71,13 +71,15 @@ async def resolve(host: str, port: int) -> list[tuple[int, str]]:
     return seen
 
 
+_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)  # Linux: non-blocking from birth, no ioctl
+
+
 async def connect_address(family: int, address: str, port: int, timeout: float) -> socket.socket:
     """A connected, tuned, non-blocking TCP socket; WireError(CONNECT_FAILED/TIMEOUT)."""
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM | _NONBLOCK)
     try:
         tune_socket(sock)
-        async with asyncio.timeout(timeout):
-            await _connect(sock, (address, port))
+        await _connect(sock, (address, port), timeout)
     except TimeoutError:
         sock.close()
         raise WireError(Status.CONNECT_TIMEOUT, f"{address}:{port} after {timeout:g} s") from None
@@ -95,8 +97,11 @@ def _wake(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-async def _connect(sock: socket.socket, addr: tuple[str, int]) -> None:
-    """Non-blocking connect to a numeric address, waiting for writability.
+_PENDING = (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY)
+
+
+async def _connect(sock: socket.socket, addr: tuple[str, int], timeout: float) -> None:
+    """Non-blocking connect to a numeric address, waiting for writability (at most ``timeout``).
 
     uvloop's ``sock_connect`` costs ~60-90 µs of CPU more per call than this (measured on
     loopback): it dominated the agent's connection set-up.
@@ -108,7 +113,8 @@ async def _connect(sock: socket.socket, addr: tuple[str, int]) -> None:
         ready: asyncio.Future[None] = loop.create_future()
         loop.add_writer(fd, _wake, ready)
         try:
-            await ready
+            async with asyncio.timeout(timeout):
+                await ready
         finally:
             loop.remove_writer(fd)
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -123,6 +129,8 @@ def bind_listener(host: str, port: int, backlog: int = 4096) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted sockets inherit these on Linux (checked on the first accept, see Listener).
+        tune_socket(sock)
         sock.bind(addr)
         sock.listen(backlog)
         sock.setblocking(False)
@@ -130,6 +138,34 @@ def bind_listener(host: str, port: int, backlog: int = 4096) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+_INHERITED_OPTIONS = (
+    (socket.IPPROTO_TCP, socket.TCP_NODELAY),
+    (socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+    *(
+        (socket.IPPROTO_TCP, getattr(socket, name))
+        for name in ("TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT")
+        if hasattr(socket, name)
+    ),
+)
+
+
+def _inherits_options(listener: socket.socket, conn: socket.socket) -> bool:
+    """Whether ``conn`` (just accepted) already has the listener's options set by tune_socket.
+
+    Linux copies them from the listening socket at accept; checked once per listener, so the
+    five setsockopt calls per connection are only made where they are needed.
+    """
+    if listener.family not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    try:
+        return all(
+            conn.getsockopt(level, opt) == listener.getsockopt(level, opt) != 0
+            for level, opt in _INHERITED_OPTIONS
+        )
+    except OSError:
+        return False
 
 
 class Listener:
@@ -158,6 +194,8 @@ class Listener:
         self._ids = itertools.count(1)
         self._coro_factory: Callable[[socket.socket], Awaitable[None]] | None = None
         self.accepted = 0
+        # Whether accepted sockets inherit the listener's TCP options (None = not known yet).
+        self._inherits: bool | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -217,7 +255,12 @@ class Listener:
                     self._over_limit(conn)
                 conn.close()
                 continue
-            tune_socket(conn)
+            if self._inherits is None:
+                self._inherits = _inherits_options(self.sock, conn)
+            if self._inherits:
+                set_nonblocking(conn)
+            else:
+                tune_socket(conn)
             coro = self._coro_factory(conn)
             task = self._tg.create_task(
                 self._guard(conn, coro), name=f"{self.name}-conn-{next(self._ids)}"

@@ -54,7 +54,7 @@ class PumpStats:
 
 def tune_socket(sock: socket.socket, *, keepalive: bool = True) -> None:
     """Non-blocking, no Nagle, TCP keepalive (idle 60 s, 10 s interval, 6 probes)."""
-    sock.setblocking(False)
+    set_nonblocking(sock)
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if keepalive:
@@ -63,6 +63,12 @@ def tune_socket(sock: socket.socket, *, keepalive: bool = True) -> None:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 6)
+
+
+def set_nonblocking(sock: socket.socket) -> None:
+    """``setblocking(False)`` unless already so: each call is an ioctl, even a redundant one."""
+    if sock.gettimeout() != 0.0:
+        sock.setblocking(False)
 
 
 # -- splice ----------------------------------------------------------------------------------
@@ -318,8 +324,8 @@ def start_splice(
     """
     if not HAS_SPLICE:
         raise ValueError("splice pump needs Linux and os.splice")
-    a.setblocking(False)
-    b.setblocking(False)
+    set_nonblocking(a)
+    set_nonblocking(b)
     conn = _SpliceConn(a, b, asyncio.get_running_loop(), idle_timeout)
     conn.start()
     return conn.done
@@ -506,8 +512,8 @@ async def pump(
     ``idle_timeout`` (seconds, None = never) ends a connection that moved no byte for that long.
     Cancelling the call resets both connections.
     """
-    a.setblocking(False)
-    b.setblocking(False)
+    set_nonblocking(a)
+    set_nonblocking(b)
     if mode == "splice":
         if not HAS_SPLICE:
             raise ValueError("splice pump needs Linux and os.splice")
@@ -522,6 +528,7 @@ __all__ = [
     "PumpMode",
     "PumpStats",
     "pump",
+    "set_nonblocking",
     "start_splice",
     "tune_socket",
 ]
