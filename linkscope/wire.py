@@ -401,7 +401,9 @@ class HopSpec:
     key: bytes = field(repr=False)
 
 
+@functools.lru_cache(maxsize=1024)
 def _encode_addr(host: str) -> bytes:
+    """The address field for ``host`` (cached: the entry encodes the same few per connection)."""
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:

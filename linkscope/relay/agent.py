@@ -26,6 +26,7 @@ from linkscope.relay.net import (
     read_frame,
     recv_exact,
     resolve,
+    send_all,
 )
 from linkscope.relay.pump import DEFAULT_MODE, PumpMode, PumpStats, pump, start_splice
 from linkscope.wire import (
@@ -171,7 +172,7 @@ class Agent:
             await self._refuse(conn, down.code, min(down.depth + 1, 255))
             return
         try:
-            await loop.sock_sendall(conn, encode_status(Status.OK, depth))
+            await send_all(conn, encode_status(Status.OK, depth))
         except OSError:
             onward.close()
             conn.close()
@@ -201,8 +202,8 @@ class Agent:
             self._count_bytes(relay.result())
 
     def _count_bytes(self, stats: PumpStats) -> None:
-        self.metrics.bytes.labels(direction="up").inc(stats.a_to_b)
-        self.metrics.bytes.labels(direction="down").inc(stats.b_to_a)
+        self.metrics.bytes_up.inc(stats.a_to_b)
+        self.metrics.bytes_down.inc(stats.b_to_a)
 
     async def _connect_onward(self, layer: ConnectLayer) -> tuple[socket.socket, int]:
         """Connect to the allowed onward address; for a next hop, forward the inner frame and
@@ -231,10 +232,9 @@ class Agent:
         self.onward_connects += 1
         if layer.final:
             return onward, 0
-        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(cfg.connect_timeout + cfg.header_timeout):
-                await loop.sock_sendall(onward, layer.inner)
+                await send_all(onward, layer.inner)
                 status = await recv_exact(onward, STATUS_LEN)
         except (OSError, TimeoutError):
             onward.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import json
 import logging
@@ -21,7 +22,14 @@ from typing import Any, Protocol
 
 from linkscope.errors import Refused, RelayError, RemoteProtocolError
 from linkscope.relay.metrics import RelayMetrics
-from linkscope.relay.net import Listener, bind_listener, connect_address, recv_exact, resolve
+from linkscope.relay.net import (
+    Listener,
+    bind_listener,
+    connect_address,
+    recv_exact,
+    resolve,
+    send_all,
+)
 from linkscope.relay.pump import DEFAULT_MODE, PumpMode, PumpStats, pump, start_splice
 from linkscope.wire import (
     STATUS_LEN,
@@ -65,13 +73,19 @@ def _spec(hop: HopLike) -> HopSpec:
     return HopSpec(hop.name, hop.host, hop.port, hop.key)
 
 
-async def _connect_first(hop: HopLike, timeout: float) -> socket.socket:
+@functools.lru_cache(maxsize=256)
+def _literal_family(host: str) -> int | None:
+    """AF_INET/AF_INET6 for an address literal, None for a name (cached: once per connection)."""
     try:
-        literal = ipaddress.ip_address(hop.host)
+        literal = ipaddress.ip_address(host)
     except ValueError:
-        pass
-    else:  # no resolver round trip (a thread-pool hop) for an address
-        af = socket.AF_INET if literal.version == 4 else socket.AF_INET6
+        return None
+    return socket.AF_INET if literal.version == 4 else socket.AF_INET6
+
+
+async def _connect_first(hop: HopLike, timeout: float) -> socket.socket:
+    af = _literal_family(hop.host)
+    if af is not None:  # no resolver round trip (a thread-pool hop) for an address
         try:
             return await connect_address(af, hop.host, hop.port, timeout)
         except WireError as exc:
@@ -102,12 +116,11 @@ async def open_chain(
     """
     specs = [_spec(h) for h in hops]
     header = build_chain(specs, target)
-    loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(timeout):
             sock = await _connect_first(hops[0], timeout)
             try:
-                await loop.sock_sendall(sock, header)
+                await send_all(sock, header)
                 status = await recv_exact(sock, STATUS_LEN)
             except BaseException:
                 sock.close()
@@ -301,8 +314,8 @@ class Entry:
             self._count_bytes(relay.result())
 
     def _count_bytes(self, stats: PumpStats) -> None:
-        self.metrics.bytes.labels(direction="up").inc(stats.a_to_b)
-        self.metrics.bytes.labels(direction="down").inc(stats.b_to_a)
+        self.metrics.bytes_up.inc(stats.a_to_b)
+        self.metrics.bytes_down.inc(stats.b_to_a)
 
 
 def _reason_label(exc: RelayError) -> str:

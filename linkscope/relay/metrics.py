@@ -33,6 +33,10 @@ class RelayMetrics:
             registry=r,
         )
         self.probes = Counter(f"{p}_probes", "Probe requests, by outcome", ["outcome"], registry=r)
+        # The labelled children counted once per connection, looked up once here:
+        # ``labels()`` takes a lock and builds a key on every call.
+        self.bytes_up = self.bytes.labels(direction="up")
+        self.bytes_down = self.bytes.labels(direction="down")
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -29,6 +29,17 @@ async def _recv(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) ->
         return await loop.sock_recv(sock, n)
 
 
+async def send_all(sock: socket.socket, data: bytes) -> None:
+    """All of ``data``: a plain send() first (a header or status fits a fresh socket's buffer),
+    the loop's ``sock_sendall`` only for what it did not take."""
+    try:
+        sent = sock.send(data)
+    except (BlockingIOError, InterruptedError):
+        sent = 0
+    if sent < len(data):
+        await asyncio.get_running_loop().sock_sendall(sock, data[sent:])
+
+
 async def recv_exact(sock: socket.socket, n: int) -> bytes:
     """Exactly ``n`` bytes (never more, so payload that follows stays in the socket).
 
@@ -287,4 +298,5 @@ __all__ = [
     "read_frame",
     "recv_exact",
     "resolve",
+    "send_all",
 ]
