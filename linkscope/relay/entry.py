@@ -87,7 +87,7 @@ async def _connect_first(hop: HopLike, timeout: float) -> socket.socket:
     af = _literal_family(hop.host)
     if af is not None:  # no resolver round trip (a thread-pool hop) for an address
         try:
-            return await connect_address(af, hop.host, hop.port, timeout)
+            return await connect_address(af, hop.host, hop.port, timeout, eager=True)
         except WireError as exc:
             raise ChainRefused(hop.name, 0, exc.code, f"from the entry: {exc.detail}") from exc
     try:
