@@ -140,8 +140,11 @@ class _SpliceLeg:
         self.done = False
 
     def start(self) -> None:
-        self.conn.loop.add_reader(self.src, self._on_readable)
-        self.reading = True
+        """Move what already arrived (or the EOF) at once; register a reader only if needed."""
+        self._on_readable()
+        if not (self.reading or self.writing or self.src_eof or self.conn.closed):
+            self.conn.loop.add_reader(self.src, self._on_readable)
+            self.reading = True
 
     def stop(self) -> None:
         loop = self.conn.loop
@@ -182,8 +185,9 @@ class _SpliceLeg:
                 return
             if n == 0:
                 self.src_eof = True
-                self.conn.loop.remove_reader(self.src)
-                self.reading = False
+                if self.reading:
+                    self.conn.loop.remove_reader(self.src)
+                    self.reading = False
                 self._flush()
                 return
             self.in_pipe += n
@@ -264,8 +268,9 @@ class _SpliceConn:
 
     def start(self) -> None:
         self.up.start()
-        self.down.start()
-        if self.idle_timeout:
+        if not self.closed:
+            self.down.start()
+        if self.idle_timeout and not self.closed:
             self._timer = self.loop.call_later(self.idle_timeout, self._check_idle)
         self.done.add_done_callback(self._on_done)
 
