@@ -88,30 +88,23 @@ def plan_addressing(topo: Topology) -> Addressing:
         a_addr = str(ipaddress.IPv4Address(base_link + 2 * j))
         b_addr = str(ipaddress.IPv4Address(base_link + 2 * j + 1))
         subnets.append((f"{a_addr}/31", link.a, link.b))
-        interfaces[link.a].append(
-            Interface(
-                node=link.a,
-                peer=link.b,
-                name=interface_name(link.b),
-                address=a_addr,
-                peer_address=b_addr,
-                link_index=j,
-                emulated=link.emulated,
-                mtu=link.a_to_b.mtu,
-            )
+        ends = (
+            (link.a, link.b, a_addr, b_addr, link.a_to_b.mtu),
+            (link.b, link.a, b_addr, a_addr, link.b_to_a.mtu),
         )
-        interfaces[link.b].append(
-            Interface(
-                node=link.b,
-                peer=link.a,
-                name=interface_name(link.a),
-                address=b_addr,
-                peer_address=a_addr,
-                link_index=j,
-                emulated=link.emulated,
-                mtu=link.b_to_a.mtu,
+        for node, peer, address, peer_address, mtu in ends:
+            interfaces[node].append(
+                Interface(
+                    node=node,
+                    peer=peer,
+                    name=interface_name(peer),
+                    address=address,
+                    peer_address=peer_address,
+                    link_index=j,
+                    emulated=link.emulated,
+                    mtu=mtu,
+                )
             )
-        )
 
     hops = compute_next_hops(topo)
     routes: dict[str, list[Route]] = {n.name: [] for n in topo.nodes}
