@@ -59,10 +59,12 @@ while True:
 
 # Runs in home: `transfer HOST PORT N TIMEOUT` downloads 1 MiB N times in parallel and prints
 # each time (null when it did not finish in TIMEOUT) and whether the bytes were intact;
-# `pingpong HOST PORT N` does N 1-byte round trips on one connection and prints their times.
+# `pingpong HOST PORT N CAP` does N 1-byte round trips and prints their times (ms, capped at CAP s);
+# `watch HOST PORT EVERY UNTIL WAIT` says when a new request is first answered.
 CLIENT = r"""
 import hashlib, json, random, socket, sys, threading, time
-mode, host, port, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+mode, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+n = int(sys.argv[4]) if mode != "watch" else 0
 WANT = hashlib.sha256(random.Random(7).randbytes(1 << 20)).hexdigest()
 def download(out, i, timeout):
     t0 = time.monotonic()
@@ -86,24 +88,59 @@ if mode == "transfer":
     for t in ts: t.join()
     print(json.dumps(out))
 elif mode == "pingpong":
-    s = socket.create_connection((host, port), timeout=30)
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    s.settimeout(30)
-    s.sendall(b"P"); assert s.recv(1) == b"P"
-    times = []
-    for _ in range(n):
-        t0 = time.monotonic(); s.sendall(b"x"); assert s.recv(1) == b"x"
+    # a round trip still unanswered after CAP s is recorded as CAP (a lower bound on its time)
+    # and the rest go on over a new connection: on a lossy path TCP's backoff can stall one
+    # byte for tens of seconds, which is a measurement of that path, not a failure of the test
+    cap = float(sys.argv[5])
+    times, s = [], None
+    while len(times) < n:
+        if s is None:
+            try:
+                s = socket.create_connection((host, port), timeout=cap)
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                s.settimeout(cap)
+                s.sendall(b"P"); assert s.recv(1) == b"P"
+            except (OSError, AssertionError):  # no session yet: no round trip to count
+                s = None
+                continue
+        t0 = time.monotonic()
+        try:
+            s.sendall(b"x")
+            if s.recv(1) != b"x":
+                raise OSError("echo server closed the connection")
+        except OSError:
+            times.append(cap * 1000)
+            s.close(); s = None
+            continue
         times.append((time.monotonic() - t0) * 1000)
     print(json.dumps(times))
-elif mode == "connect":
-    # one request/response (D's first KiB) with a short timeout: is the service up?
-    t0 = time.monotonic()
-    try:
-        s = socket.create_connection((host, port), timeout=float(sys.argv[5]))
-        s.settimeout(float(sys.argv[5])); s.sendall(b"D"); data = s.recv(1024)
-        print(json.dumps({"ok": bool(data), "s": time.monotonic() - t0}))
-    except OSError as e:
-        print(json.dumps({"ok": False, "error": str(e), "s": time.monotonic() - t0}))
+elif mode == "watch":
+    # a request (D's first KiB) every EVERY s, each waiting up to WAIT s, until one is answered
+    # or UNTIL s have passed: when is the service back? (the wall-clock time of the first
+    # answer, so the test measures from the moment it cut a link)
+    every, until, wait = float(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6])
+    answered, lock, t0 = threading.Event(), threading.Lock(), time.monotonic()
+    result = {"ok": False, "requests": 0}
+    def request(started):
+        try:
+            s = socket.create_connection((host, port), timeout=wait)
+            s.settimeout(max(0.1, wait - (time.monotonic() - started)))
+            s.sendall(b"D")
+            if not s.recv(1024):
+                return
+        except OSError:
+            return
+        with lock:
+            if not answered.is_set():
+                result.update(ok=True, answered_at=time.time(), started_s=started - t0)
+                answered.set()
+    while not answered.is_set() and time.monotonic() - t0 < until:
+        result["requests"] += 1
+        threading.Thread(target=request, args=(time.monotonic(),), daemon=True).start()
+        answered.wait(every)
+    answered.wait(wait)  # the last requests may still be answered
+    with lock:
+        print(json.dumps(result))
 """
 
 
@@ -252,56 +289,93 @@ def test_transfer_1mb_at_least_3x_faster_than_direct(rig: AutoRig) -> None:
 
 
 def test_interactive_ping_pong_p50_lower_than_direct(rig: AutoRig) -> None:
-    relayed = rig.client("pingpong", "127.0.0.1", str(RELAY_PORT), "15", timeout=90)
-    direct = rig.client("pingpong", "br", str(SERVER_PORT), "15", timeout=120)
+    # round trips capped at 10 s (see CLIENT): a median of lower bounds is a lower bound
+    relayed = rig.client("pingpong", "127.0.0.1", str(RELAY_PORT), "15", "10", timeout=150)
+    direct = rig.client("pingpong", "br", str(SERVER_PORT), "15", "10", timeout=150)
     r50, d50 = statistics.median(relayed), statistics.median(direct)
-    print(f"1-byte ping-pong p50: relayed {r50:.1f} ms, direct {d50:.1f} ms")
+    stalls = sum(t >= 10_000 for t in direct), sum(t >= 10_000 for t in relayed)
+    print(f"1-byte ping-pong p50: relayed {r50:.1f} ms, direct {d50:.1f} ms "
+          f"(round trips capped at 10 s: {stalls[1]} relayed, {stalls[0]} direct)")  # fmt: skip
+    assert max(relayed) < 10_000, relayed  # the relayed path never stalls that long
     assert r50 < d50
 
 
-def _link_to_cut(chain: str) -> tuple[str, str]:
-    """A link of sh that kills ``chain`` but leaves another relayed chain alive."""
-    return ("sh", "br") if chain == "sh" else ("sh", "mx")
+def _hops(label: str) -> list[str]:
+    """The relays of a chain as the log lines name it ("direct", "mx", "sh→mx")."""
+    return [] if label == "direct" else label.split("→")
+
+
+def _crosses(lab: Lab, label: str, a: str, b: str) -> bool:
+    """Whether chain ``label`` (from home to br) sends packets over the lab link ``a``-``b``,
+    either way: in the lab, chain "mx" crosses sh-mx too (home reaches mx through sh)."""
+    stops = ["home", *_hops(label), "br"]
+    for u, v in itertools.pairwise(stops):
+        for path in (lab.path(u, v), lab.path(v, u)):
+            if any({x, y} == {a, b} for x, y in itertools.pairwise(path)):
+                return True
+    return False
+
+
+def _wait_current(rig: AutoRig, pred: Any, timeout: float) -> str:
+    """Poll until the chain in use satisfies ``pred``; return it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred(rig.current()):
+            return rig.current()
+        assert rig.relay.poll() is None, rig.log_path.read_text()[-3000:]
+        time.sleep(0.1)
+    raise AssertionError(f"chain still {rig.current()} after {timeout} s: {rig.decisions()[-5:]}")
 
 
 def test_failover_within_5s_then_return_after_hysteresis(rig: AutoRig) -> None:
+    """Cut sh-mx under a chain through mx: failover within 5 s; restore it: return only after
+    the hysteresis rounds.
+
+    In the plain lab "sh" and the chains through mx are within ~20 % of each other, so which of
+    them is best, and whether a restored link wins back, is a coin flip of 15-probe loss
+    windows. For the whole test sh-br carries 50 ms more each way: the chains through mx are
+    then ~35 % better than "sh", and "sh" still ~35 % better than direct.
+    """
     lab = rig.lab
-    before = rig.current()
-    assert before in RELAYED
-    a, b = _link_to_cut(before)
-    n = len(rig.decisions())
-    with lab.impaired(a, b, loss=1.0):
-        t_cut, wall_cut = time.monotonic(), time.time()
-        # clients keep trying new connections; service is restored when one gets an answer
-        restored = None
-        while time.monotonic() - t_cut < 15:
-            r = rig.client("connect", "127.0.0.1", str(RELAY_PORT), "1", "2", timeout=10)
-            if r["ok"]:
-                restored = time.monotonic() - t_cut
-                break
-        fo, _ = rig.wait_for(lambda d: d["kind"] == "failover", timeout=10, after=n)
-        fo_s = _wall(fo["ts"]) - wall_cut
-        print(f"cut {a}-{b}: failover after {fo_s:.2f} s ({fo['reason']}); "
-              f"service restored after {restored} s")  # fmt: skip
-        assert restored is not None and restored < 5.0
-        assert fo_s < 5.0
-        assert fo["previous"] == before and fo["chain"] in RELAYED
-        after_fo = len(rig.decisions())
-        time.sleep(2 * INTERVAL)  # the cut link stays dead: no switch back while it is
-        assert not [d for d in rig.decisions()[after_fo:] if d["kind"] == "switch"]
-    t_restore = time.monotonic()
-    back, t_back = rig.wait_for(
-        lambda d: d["kind"] == "switch", timeout=60, after=len(rig.decisions())
-    )
+    base = lab.link_params("sh", "br").delay_ms
+    via_mx = lambda c: _crosses(lab, c, "sh", "mx")  # noqa: E731
+    with lab.impaired("sh", "br", delay_ms=base + 50.0):
+        before = _wait_current(rig, via_mx, timeout=30)
+        n = len(rig.decisions())
+        with lab.impaired("sh", "mx", loss=1.0):
+            wall_cut = time.time()
+            # a new client request every 0.2 s; service is restored when one gets an answer
+            w = rig.client("watch", "127.0.0.1", str(RELAY_PORT), "0.2", "15", "10", timeout=40)
+            restored = w["answered_at"] - wall_cut if w["ok"] else None
+            in_use = rig.current()
+            fo, _ = rig.wait_for(lambda d: d["kind"] == "failover", timeout=10, after=n)
+            fo_s = _wall(fo["ts"]) - wall_cut
+            print(f"cut sh-mx under {before}: failover after {fo_s:.2f} s ({fo['reason']}); "
+                  f"service restored after {restored} s, on {in_use}")  # fmt: skip
+            assert restored is not None and restored < 5.0
+            assert fo_s < 5.0
+            assert fo["previous"] == before
+            # the first failover may land on another chain through mx (its agent's report that
+            # sh-mx is dead can come a moment later); the one that serves avoids the cut link
+            assert not via_mx(in_use)
+            after_fo = len(rig.decisions())
+            time.sleep(2 * INTERVAL)  # the cut link stays dead: no change back onto it
+            moved = [d for d in rig.decisions()[after_fo:] if d["kind"] in ("switch", "failover")]
+            assert not [d for d in moved if via_mx(d["chain"])], moved
+        t_restore = time.monotonic()
+        back, t_back = rig.wait_for(
+            lambda d: d["kind"] == "switch" and via_mx(d["chain"]),
+            timeout=60,
+            after=len(rig.decisions()),
+        )
     tail = rig.decisions()
     i = tail.index(back)
-    print(f"restored {a}-{b}: switched back to {back['chain']} after {t_back - t_restore:.1f} s")
+    print(f"restored sh-mx: switched back to {back['chain']} after {t_back - t_restore:.1f} s")
     # the switch came after ROUNDS consecutive qualifying rounds, announced by holds
     assert back["streak"] == ROUNDS
     assert [d["kind"] for d in tail[i - (ROUNDS - 1) : i]] == ["hold"] * (ROUNDS - 1)
     assert all(d["streak"] >= 1 for d in tail[i - (ROUNDS - 1) : i])
     assert t_back - t_restore >= (ROUNDS - 1) * INTERVAL
-    assert "sh" in back["chain"] or back["chain"] == "mx"
 
 
 def test_cut_premium_line_fails_over_to_direct(rig: AutoRig) -> None:
@@ -314,15 +388,11 @@ def test_cut_premium_line_fails_over_to_direct(rig: AutoRig) -> None:
     assert rig.current() in RELAYED
     n = len(rig.decisions())
     with lab.impaired("home", "sh", loss=1.0):
-        t_cut, wall_cut = time.monotonic(), time.time()
+        wall_cut = time.time()
         fo, _ = rig.wait_for(lambda d: d["kind"] == "failover", timeout=10, after=n)
         fo_s = _wall(fo["ts"]) - wall_cut
-        restored = None
-        while time.monotonic() - t_cut < 30:
-            r = rig.client("connect", "127.0.0.1", str(RELAY_PORT), "1", "4", timeout=15)
-            if r["ok"]:
-                restored = time.monotonic() - t_cut
-                break
+        w = rig.client("watch", "127.0.0.1", str(RELAY_PORT), "0.5", "30", "20", timeout=70)
+        restored = w["answered_at"] - wall_cut if w["ok"] else None
         last = rig.decisions()[-1]
         print(f"cut home-sh: failover after {fo_s:.2f} s ({fo['reason']}); first connection "
               f"answered after {restored} s; now on {last['chain']}")  # fmt: skip
