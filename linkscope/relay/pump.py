@@ -29,6 +29,7 @@ import fcntl
 import os
 import socket
 import sys
+import weakref
 from dataclasses import dataclass
 from typing import Final, Literal, cast
 
@@ -108,13 +109,19 @@ class PipePool:
             self.discard(self._free.pop())
 
 
-_pools: dict[int, PipePool] = {}
+_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, PipePool] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _pool_for(loop: asyncio.AbstractEventLoop) -> PipePool:
-    pool = _pools.get(id(loop))
+    """The loop's pool. Its free pipes are closed when the loop is collected, so a process that
+    runs many loops one after another (a test suite, a library user) does not keep every dead
+    loop's pipes open."""
+    pool = _pools.get(loop)
     if pool is None:
-        pool = _pools[id(loop)] = PipePool()
+        pool = _pools[loop] = PipePool()
+        weakref.finalize(loop, pool.close)
     return pool
 
 

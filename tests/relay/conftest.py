@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +119,19 @@ def wait_listening(host: str, port: int, timeout: float = 15.0) -> None:
     raise TimeoutError(f"nothing listens on {host}:{port}")
 
 
+def fd_kinds(pid: int | str = "self") -> Counter[str]:
+    """Open descriptors of a process by kind: socket, pipe, other."""
+    out: Counter[str] = Counter()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:  # closed meanwhile (e.g. listdir's own descriptor)
+            continue
+        kind = link.split(":", 1)[0]
+        out[kind if kind in ("socket", "pipe") else "other"] += 1
+    return out
+
+
 @dataclass
 class Proc:
     popen: subprocess.Popen[bytes]
@@ -133,6 +147,9 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait()
+
+    def sockets(self) -> int:
+        return fd_kinds(self.popen.pid)["socket"]
 
     def rss_kb(self) -> int:
         for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
