@@ -168,5 +168,12 @@ async def test_fuzz_live_agent_never_crashes_or_connects(
     # Still serving: a good header goes through right after.
     sock = await open_chain([spec], echo.address)
     sock.close()
+    # The chain is up once the echo server's kernel accepted; its accept callback may run a
+    # loop iteration later. Reset the counters only after it did, or that accept would be
+    # counted against the next example.
+    async with asyncio.timeout(5):
+        while echo.accepted == 0:
+            await asyncio.sleep(0.001)
+    assert echo.accepted == 1
     agent.onward_connects = 0
     echo.accepted = 0
