@@ -18,7 +18,10 @@ Two parts, as in RON (Andersen et al., SOSP 2001):
   - *initial*: the best viable chain; a relayed chain only when it beats the direct path by more
     than the hysteresis (otherwise relaying costs resources for a gain within the noise).
   - *failover* (at once, no hysteresis): the current chain has a dead segment, has no finite
-    cost, is not measurable any more, or failed to come up. The next-best viable chain is chosen.
+    cost, is not measurable any more, or failed to come up. The next-best viable chain is chosen,
+    preferring one that avoids the relay a failed segment leads to: that relay may be down, and
+    a chain's other segments through it were measured before the failure, so they cannot vouch
+    for it (when mx stops answering, "sh→mx" is no safer than "mx" until sh's agent says so).
     A chain that failed to come up, and every chain that shares the suspected segment, is held
     down for ``holddown`` rounds so new connections are not sent into it again before a probe
     round had a chance to see it recover.
@@ -296,7 +299,7 @@ class Decider:
                 why = "chain failed to come up"
             else:
                 why = "chain not measurable"
-            return self._failover(viable, why, cur_cost)
+            return self._failover(viable, why, cur_cost, dead)
 
         # update per-challenger streaks
         qualified: dict[Chain, int] = {}
@@ -375,7 +378,8 @@ class Decider:
             return None
         viable = self.viable(self._last) if self._last is not None else []
         prev_cost = self._last.cost_of(event.chain) if self._last is not None else None
-        return self._failover(viable, event.reason, prev_cost)
+        failed = () if event.segment is None else (event.segment,)
+        return self._failover(viable, event.reason, prev_cost, failed)
 
     # -- helpers --
     def _set(self, chain: Chain) -> None:
@@ -434,7 +438,13 @@ class Decider:
             gain=None if viable_direct is None else gain(viable_direct.cost, best.cost),
         )
 
-    def _failover(self, viable: list[Candidate], why: str, cur_cost: float | None) -> Decision:
+    def _failover(
+        self,
+        viable: list[Candidate],
+        why: str,
+        cur_cost: float | None,
+        failed: Iterable[Segment] = (),
+    ) -> Decision:
         cur = self.current
         assert cur is not None
         alternatives = [c for c in viable if c.hops != cur]
@@ -448,14 +458,18 @@ class Decider:
                 cost=cur_cost,
                 previous_cost=cur_cost,
             )
-        best = alternatives[0]
+        suspects = {v for _, v in failed if v != self.target}
+        best = next((c for c in alternatives if suspects.isdisjoint(c.hops)), alternatives[0])
         self._set(best.hops)
         self.failovers += 1
+        avoiding = (
+            f" (avoiding {', '.join(sorted(suspects))})" if best is not alternatives[0] else ""
+        )
         return Decision(
             DecisionKind.FAILOVER,
             best.hops,
             cur,
-            f"{chain_label(cur)}: {why}; failing over to {chain_label(best.hops)}",
+            f"{chain_label(cur)}: {why}; failing over to {chain_label(best.hops)}{avoiding}",
             cost=best.cost,
             previous_cost=cur_cost,
             gain=None if cur_cost is None else gain(cur_cost, best.cost),

@@ -355,8 +355,9 @@ def test_failover_within_5s_then_return_after_hysteresis(rig: AutoRig) -> None:
             assert restored is not None and restored < 5.0
             assert fo_s < 5.0
             assert fo["previous"] == before
-            # the first failover may land on another chain through mx (its agent's report that
-            # sh-mx is dead can come a moment later); the one that serves avoids the cut link
+            # the chain that serves avoids the cut link (the failover avoids mx, which stopped
+            # answering; a chain-up timeout, which names no hop, could still have picked
+            # another chain through mx first)
             assert not via_mx(in_use)
             after_fo = len(rig.decisions())
             time.sleep(2 * INTERVAL)  # the cut link stays dead: no change back onto it

@@ -236,6 +236,40 @@ def test_failover_picks_next_best_not_sharing_dead_segment() -> None:
     assert out.kind == DecisionKind.FAILOVER and out.chain == SH
 
 
+def test_failover_avoids_the_relay_a_dead_segment_leads_to() -> None:
+    """mx stops answering: sh→mx (cheaper on paper, measured before) is no safer than mx."""
+    d = decider()
+    costs = {DIRECT: 300.0, SH: 100.0, SHMX: 90.0, MX: 80.0}
+    d.on_round(round_from_costs(costs))
+    assert d.current == MX
+    out = d.on_round(round_from_costs(costs, [("home", "mx")]))
+    assert out.kind == DecisionKind.FAILOVER and out.chain == SH
+    assert out.reason.endswith("failing over to sh (avoiding mx)")
+
+
+def test_failover_through_the_suspect_relay_when_nothing_else_is_viable() -> None:
+    d = decider()
+    costs = {DIRECT: 300.0, SHMX: 90.0, MX: 80.0}
+    d.on_round(round_from_costs(costs))
+    out = d.on_round(round_from_costs(costs, [("home", "mx"), ("home", "br")]))
+    assert out.kind == DecisionKind.FAILOVER and out.chain == SHMX
+    assert "avoiding" not in out.reason
+
+
+def test_chain_up_failure_avoids_the_hop_that_did_not_answer() -> None:
+    d = decider()
+    costs = {DIRECT: 300.0, SH: 100.0, SHMX: 90.0, MX: 80.0}
+    d.on_round(round_from_costs(costs))
+    out = d.on_chain_failed(ChainFailed(MX, "chain-up failed: hop mx: timeout", ("home", "mx")))
+    assert out is not None and out.kind == DecisionKind.FAILOVER and out.chain == SH
+    # sh could not connect onward to mx: chains through mx are avoided, as is that segment
+    d2 = decider()
+    d2.on_round(round_from_costs({DIRECT: 300.0, SH: 100.0, SHMX: 90.0, MX: 95.0}))
+    assert d2.current == SHMX
+    out2 = d2.on_chain_failed(ChainFailed(SHMX, "hop sh refused: onward", ("sh", "mx")))
+    assert out2 is not None and out2.chain == SH
+
+
 @pytest.mark.parametrize(
     "costs", [{DIRECT: 300.0, SH: math.inf}, {DIRECT: 300.0}], ids=["infinite", "unmeasured"]
 )
