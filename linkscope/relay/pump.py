@@ -109,9 +109,7 @@ class PipePool:
             self.discard(self._free.pop())
 
 
-_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, PipePool] = (
-    weakref.WeakKeyDictionary()
-)
+_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, PipePool] = weakref.WeakKeyDictionary()
 
 
 def _pool_for(loop: asyncio.AbstractEventLoop) -> PipePool:
