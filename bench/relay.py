@@ -118,8 +118,8 @@ class Chain:
             log = f"agent{i}.log"
             p = self._spawn(
                 [PY, "-m", "linkscope", "agent", "--listen", f"{host}:{port}", "--key-file",
-                 str(key), "--allow", "127.0.0.1/32", "--pump", mode, "--max-connections",
-                 "9000"], log)  # fmt: skip
+                 str(key), "--allow", "127.0.0.1/32", "--allow-hop", "127.0.0.0/8", "--pump",
+                 mode, "--max-connections", "9000"], log)  # fmt: skip
             wait_log(self.tmp / log, "listening on")
             self.agent_pids.append(p.pid)
         inv = self.tmp / "nodes.toml"

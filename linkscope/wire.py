@@ -338,6 +338,8 @@ def _parse_probe(ts: int, nonce: bytes, body: memoryview) -> ProbeLayer:
         req = json.loads(bytes(body[2:]).decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise WireError(Status.MALFORMED, "PROBE request is not JSON") from exc
+    except RecursionError as exc:  # e.g. [[[[...]]]]: nesting past the interpreter's limit
+        raise WireError(Status.MALFORMED, "PROBE request nested too deeply") from exc
     if not isinstance(req, dict):
         raise WireError(Status.MALFORMED, "PROBE request is not an object")
     targets, ports, count = req.get("targets"), req.get("ports", []), req.get("count", 3)
@@ -650,15 +652,11 @@ def address_family(host: str) -> int | None:
     return int(socket.AF_INET if addr.version == 4 else socket.AF_INET6)
 
 
-ANY_ADDRESS: Final = Allowlist.parse(["0.0.0.0/0", "::/0"])
-
-
 def time_ms(clock: Callable[[], float] = time.time) -> int:
     return int(clock() * 1000)
 
 
 __all__ = [
-    "ANY_ADDRESS",
     "MAX_FRAME",
     "MAX_HOPS",
     "NEED_DATA",

@@ -96,7 +96,7 @@ def agent(
     allow_hop: list[str] = typer.Option(
         [],
         "--allow-hop",
-        help="Next-hop agents allowed (default: any; they verify their own layer).",
+        help="Next-hop agents allowed: CIDR[:PORT[-PORT]],... (default: the --allow list).",
     ),
     metrics: str | None = typer.Option(
         None, "--metrics", help="HOST:PORT for Prometheus /metrics."
@@ -116,7 +116,7 @@ def agent(
     from linkscope.relay.agent import Agent, AgentConfig
     from linkscope.relay.hop import HopPolicy
     from linkscope.relay.metrics import RelayMetrics
-    from linkscope.wire import ANY_ADDRESS, Allowlist
+    from linkscope.wire import Allowlist
 
     host, port = parse_hostport(listen, "--listen")
     key = read_key_file(key_file)
@@ -125,7 +125,7 @@ def agent(
         render.progress(f"warning: {warning}")
     try:
         allow_list = Allowlist.parse(allow)
-        hop_list = Allowlist.parse(allow_hop) if allow_hop else ANY_ADDRESS
+        hop_list = Allowlist.parse(allow_hop) if allow_hop else None
     except ValueError as exc:
         raise InputError(f"--allow: {exc}") from None
     if window <= 0:
@@ -157,7 +157,7 @@ def agent(
         h, p = server.address
         render.progress(
             f"agent listening on {h}:{p} (pump {mode}; targets allowed: {allow_list}; "
-            f"next hops allowed: {hop_list})"
+            f"next hops allowed: {allow_list if hop_list is None else hop_list})"
         )
         await server.serve()
         render.summary(

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 
 from linkscope.errors import LocalProtocolError
 from linkscope.wire import (
-    ANY_ADDRESS,
     Allowlist,
     ConnectLayer,
     Frame,
@@ -91,7 +90,7 @@ class HopPolicy:
 
     key: bytes = field(repr=False)
     allow: Allowlist = field(default_factory=Allowlist)
-    allow_hops: Allowlist = ANY_ADDRESS
+    allow_hops: Allowlist | None = None  # None: next hops are held to ``allow`` as well
     window_s: float = 30.0
     probe_rate: float = 1.0
     probe_burst: float = 5.0
@@ -112,8 +111,13 @@ class HopPolicy:
 
     def check_target(self, layer: ConnectLayer, address: str) -> None:
         """The resolved onward address must be allowed: final targets by ``allow``, next hops
-        (agents, which authenticate their own layer) by ``allow_hops``."""
-        rules = self.allow if layer.final else self.allow_hops
+        by ``allow_hops`` (``allow`` when unset).
+
+        Next hops are not let go anywhere: a next hop's layer is opaque bytes of the sender's
+        choosing, so an unrestricted next hop would let any key holder send arbitrary bytes to
+        any host:port from this node, and reach targets that ``allow`` refuses by calling them
+        next hops."""
+        rules = self.allow if layer.final or self.allow_hops is None else self.allow_hops
         if not rules.allows(address, layer.port):
             what = "target" if layer.final else "next hop"
             raise WireError(Status.NOT_ALLOWED, f"{what} {address}:{layer.port}")

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,11 +87,17 @@ async def make_agent() -> AsyncIterator[AgentFactory]:
         key: bytes | None = None,
         window_s: float = 30.0,
         name: str | None = None,
+        allow_hops: Sequence[str] | None = ("127.0.0.0/8",),  # None: the policy's default
         **config: object,
     ) -> tuple[Agent, HopSpec]:
         key = key or os.urandom(32)
         host = f"127.0.0.{next(counter)}"
-        policy = HopPolicy(key, allow=Allowlist.parse(allow or ["127.0.0.1/32"]), window_s=window_s)
+        policy = HopPolicy(
+            key,
+            allow=Allowlist.parse(allow or ["127.0.0.1/32"]),
+            allow_hops=None if allow_hops is None else Allowlist.parse(list(allow_hops)),
+            window_s=window_s,
+        )
         agent = Agent(policy, host, 0, config=AgentConfig(mode=mode, **config))  # type: ignore[arg-type]
         running.agents.append(agent)
         running.tasks.append(asyncio.create_task(agent.serve(), name=f"agent-{host}"))
@@ -203,7 +209,9 @@ class Cluster:
             key_file.chmod(0o600)
         port = port or free_port(host)
         self.nodes[name] = (host, port, key_file)
-        argv = ["agent", "--listen", f"{host}:{port}", "--key-file", str(key_file), *extra]
+        # the cluster's agents may chain on to one another (all of them live on 127/8)
+        argv = ["agent", "--listen", f"{host}:{port}", "--key-file", str(key_file)]
+        argv += ["--allow-hop", "127.0.0.0/8", *extra]
         return self.spawn(argv, host, port, f"agent-{name}")
 
     def entry(self, chain: str, to: tuple[str, int], *extra: str) -> Proc:

@@ -137,6 +137,23 @@ async def test_replay_of_an_inner_layer_at_the_second_hop(
     assert agent_b.onward_connects == 1
 
 
+async def test_next_hop_outside_the_allowlist_is_refused_without_connecting(
+    make_agent: AgentFactory, echo: EchoServer
+) -> None:
+    """By default a next hop is held to --allow: a key holder cannot reach a target the
+    allowlist refuses (here the echo server's port) by naming it a next hop, nor send the
+    opaque inner layer anywhere."""
+    agent, a = await make_agent(allow=["127.0.0.1/32:1-1023"], allow_hops=None)
+    fake_next = HopSpec("x", *echo.address, os.urandom(32))  # a "hop" that is the echo server
+    reply = await _exchange(agent, build_chain([a, fake_next], ("127.0.0.1", 22)))
+    assert reply == (Status.NOT_ALLOWED, 0)
+    assert agent.onward_connects == 0 and echo.accepted == 0
+    # with the echo server's address allowed as a next hop, the same chain reaches it
+    agent2, a2 = await make_agent(allow=["127.0.0.1/32:1-1023"], allow_hops=["127.0.0.1/32"])
+    await _exchange(agent2, build_chain([a2, fake_next], ("127.0.0.1", 22)))
+    assert agent2.onward_connects == 1
+
+
 async def test_refusal_deep_in_chain_reports_depth(
     make_agent: AgentFactory, echo: EchoServer
 ) -> None:

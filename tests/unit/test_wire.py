@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 
 import pytest
@@ -347,3 +348,67 @@ def test_authenticated_but_malformed_bodies_are_malformed(body_after_nonce: byte
     with pytest.raises(WireError) as err:
         _verify(raw)
     assert err.value.code is Status.MALFORMED
+
+
+def _sealed(kind: Kind, body_after_nonce: bytes) -> bytes:
+    """A frame with a correct MAC over ``body_after_nonce``: what a buggy or hostile key holder
+    can send (random or mutated frames fail the MAC before the body parser is reached)."""
+    from linkscope.wire import _TS_NONCE, _seal
+
+    return _seal(kind, KEY, _TS_NONCE.pack(NOW, os.urandom(16)) + body_after_nonce)
+
+
+@pytest.mark.parametrize(
+    "request_json",
+    [b"[" * 2000 + b"]" * 2000, b'{"targets":' + b"[" * 2000 + b"]" * 2000 + b"}", b"{" * 3000],
+    ids=["deep-list", "deep-in-object", "unclosed"],
+)
+def test_authenticated_probe_with_deeply_nested_json_is_malformed(request_json: bytes) -> None:
+    """Nesting past the interpreter's recursion limit is a MALFORMED refusal, not a crash."""
+    from linkscope.wire import _U16
+
+    raw = _sealed(Kind.PROBE, _U16.pack(len(request_json)) + request_json)
+    with pytest.raises(WireError) as err:
+        _verify(raw)
+    assert err.value.code is Status.MALFORMED
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.sampled_from([Kind.CONNECT, Kind.PROBE]),
+    body=st.one_of(
+        st.binary(max_size=300),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+            lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+            max_leaves=40,
+        ).map(lambda doc: json.dumps(doc).encode()),
+    ),
+    length_ok=st.booleans(),
+)
+def test_fuzz_authenticated_bodies_only_raise_wire_error(
+    kind: Kind, body: bytes, length_ok: bool
+) -> None:
+    """Arbitrary bodies under a valid MAC (JSON of any shape for probes, any bytes): the parser
+    returns a layer or raises WireError, nothing else."""
+    from linkscope.wire import _U16
+
+    payload = _U16.pack(len(body) if length_ok else len(body) + 1) + body
+    with contextlib.suppress(WireError):
+        _verify(_sealed(kind, payload))
+
+
+def test_policy_holds_next_hops_to_the_allowlist_unless_told_otherwise() -> None:
+    """A next hop's layer is opaque bytes of the sender's choosing: by default a next hop must
+    be allowed like a target, so --allow cannot be bypassed by calling a target a next hop."""
+    inner = build_connect(OTHER, "127.0.0.1", 22, now_ms=NOW)
+    frame = build_connect(KEY, "198.19.9.9", 6379, inner, now_ms=NOW)
+    layer = _verify(frame)
+    assert isinstance(layer, ConnectLayer) and not layer.final
+    policy = HopPolicy(KEY, allow=Allowlist.parse(["127.0.0.1/32:22"]))
+    with pytest.raises(WireError) as err:
+        policy.check_target(layer, "198.19.9.9")
+    assert err.value.code is Status.NOT_ALLOWED and "next hop" in err.value.detail
+    hops = HopPolicy(KEY, allow=Allowlist.parse(["127.0.0.1/32:22"]),
+                     allow_hops=Allowlist.parse(["198.19.9.0/24:6379"]))  # fmt: skip
+    hops.check_target(layer, "198.19.9.9")
