@@ -20,10 +20,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from linkscope.errors import ExitStatus, InputError, LinkscopeError
 from linkscope.relay.decide import Decision, DecisionKind, chain_label
+
+if TYPE_CHECKING:
+    from linkscope.relay.pump import PumpMode
 
 DEFAULT_INTERVAL = 10.0
 DEFAULT_HYSTERESIS = 0.10
@@ -228,6 +231,9 @@ def run_relay_auto(
     probe_count: int = 10,
     loss_window: int = 100,
     chain_timeout: float = 4.0,
+    pump_mode: PumpMode | None = None,
+    max_connections: int = 8000,
+    idle_timeout: float | None = None,
     live: bool | None = None,
 ) -> int:
     """`relay --listen L --to T --auto`: probe, plan, serve on the best chain, keep it right.
@@ -282,7 +288,15 @@ def run_relay_auto(
 
     entry: AutoEntry | None = None
     if not dry_run:
-        entry = AutoEntry(relay, host, port)  # bind before probing: a bad --listen fails fast
+        # bind before probing: a bad --listen fails fast
+        entry = AutoEntry(
+            relay,
+            host,
+            port,
+            mode=pump_mode,
+            max_connections=max_connections,
+            idle_timeout=idle_timeout,
+        )
 
     try:
         if dry_run:

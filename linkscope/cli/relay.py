@@ -205,6 +205,9 @@ def relay(
 
     if auto and chain:
         raise InputError("give --chain or --auto, not both")
+    mode = _pump_mode(pump_mode)
+    if idle_timeout is not None and not idle_timeout > 0:
+        raise InputError(f"--idle-timeout must be a positive number of seconds, not {idle_timeout}")
     if auto:
         from linkscope.cli.auto import run_relay_auto
 
@@ -223,6 +226,9 @@ def relay(
             probe_count=probe_count,
             loss_window=loss_window,
             chain_timeout=4.0 if chain_timeout is None else chain_timeout,
+            pump_mode=mode,
+            max_connections=max_connections,
+            idle_timeout=idle_timeout,
         )
         if rc:
             raise typer.Exit(rc)
@@ -235,7 +241,6 @@ def relay(
     target = parse_hostport(to, "--to")
     if target[1] == 0:
         raise InputError("--to: port 0 is not a target port")
-    mode = _pump_mode(pump_mode)
     inventory = load_inventory(nodes)
     for warning in inventory.warnings:
         render.progress(f"warning: {warning}")

@@ -29,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import networkx as nx
 
@@ -56,6 +56,9 @@ from linkscope.relay.decide import (
 MODELS = ("interactive", "latency", "loss", "throughput")
 SOURCE = "local"
 """The planner's name for this machine (the entry)."""
+
+if TYPE_CHECKING:
+    from linkscope.relay.pump import PumpMode
 
 Samples = list[float | None]
 
@@ -857,17 +860,23 @@ class AutoEntry:
         *,
         grace: float = 5.0,
         retries: int = 3,
+        mode: PumpMode | None = None,
+        max_connections: int = 8000,
+        idle_timeout: float | None = None,
     ) -> None:
         from linkscope.relay.net import Listener, bind_listener
+        from linkscope.relay.pump import DEFAULT_MODE
 
         self.relay = relay
         self.grace = grace
         self.retries = retries
+        self.mode: PumpMode = DEFAULT_MODE if mode is None else mode
+        self.idle_timeout = idle_timeout
         try:
             sock = bind_listener(host, port)
         except OSError as exc:
             raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-        self._listener = Listener(sock, name="auto-entry")
+        self._listener = Listener(sock, name="auto-entry", max_connections=max_connections)
         self.relay.listen = f"{host}:{self.address[1]}"
 
     @property
@@ -954,7 +963,7 @@ class AutoEntry:
             return
         relay.connections_open += 1
         try:
-            await pump(client, upstream)
+            await pump(client, upstream, mode=self.mode, idle_timeout=self.idle_timeout)
         finally:
             relay.connections_open -= 1
 

@@ -255,6 +255,8 @@ def run_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[st
         (["--listen", ":0", "--to", "127.0.0.1:22", "--hysteresis", "2"], "--hysteresis"),
         (["--listen", ":0", "--to", "127.0.0.1:22", "--rounds", "0"], "--rounds"),
         (["--listen", ":0", "--to", "127.0.0.1:22", "--interval", "-1"], "--interval"),
+        (["--listen", ":0", "--to", "127.0.0.1:22", "--pump", "fast"], "--pump"),
+        (["--listen", ":0", "--to", "127.0.0.1:22", "--idle-timeout", "0"], "--idle-timeout"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
@@ -362,6 +364,50 @@ def test_serve_logs_decisions_and_stops_gracefully_on_sigterm(
     # two clients: the readiness check (connects, closes) and the transfer
     assert summary["connections"] == 2 and summary["rounds"] >= 2
     assert summary["decisions"][0]["kind"] == "initial"
+    assert "Traceback" not in err
+
+
+def test_pump_connection_limit_and_idle_timeout_apply_with_auto(
+    tmp_path: Path, agents: Agents, echo: EchoServer
+) -> None:
+    """--pump, --max-connections and --idle-timeout mean the same with --auto as with --chain."""
+    port = free_port("127.0.0.1")
+    p = subprocess.Popen(
+        [PY, "-m", "linkscope", "relay", "--auto", "--listen", f"127.0.0.1:{port}", "--to",
+         f"127.0.0.1:{echo.port}", "--nodes", str(agents.inventory_path), "--interval", "0.5",
+         "--probe-count", "3", "--db", str(tmp_path / "h.db"), "--pump", "buffered",
+         "--max-connections", "2", "--idle-timeout", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        _wait_port("127.0.0.1", port, timeout=20)
+        payload = os.urandom(1 << 20)
+        got = asyncio.run(roundtrip(port, payload))  # through the buffered pump
+        assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+        time.sleep(0.3)  # that connection is gone
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
+        for s in idle:
+            s.sendall(b"x")
+            assert s.recv(1) == b"x"  # both relayed
+        third = socket.create_connection(("127.0.0.1", port), timeout=5)
+        assert third.recv(1) == b""  # over the limit of 2: closed at once
+        third.close()
+        t0 = time.monotonic()
+        for s in idle:
+            assert s.recv(1) == b""  # closed by the idle timeout
+        waited = time.monotonic() - t0
+        assert 0.5 < waited < 3.0, waited
+        for s in idle:
+            s.close()
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=20)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, err
     assert "Traceback" not in err
 
 
