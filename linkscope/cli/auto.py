@@ -105,8 +105,9 @@ class LiveProber:
 
 # -- history ------------------------------------------------------------------------------------
 def notable(d: Decision) -> bool:
-    """Worth a log line and a history row: anything but "nothing to do" (a keep, or a hold
-    whose challenger is better by less than the hysteresis: no streak is building)."""
+    """Worth a log line: anything but "nothing to do" (a keep, or a hold whose challenger is
+    better by less than the hysteresis: no streak is building). Every decision, notable or not,
+    is a history row: a round's predicted and observed figures are worth keeping either way."""
     if d.changed:
         return True
     return not (d.kind == DecisionKind.KEEP or (d.kind == DecisionKind.HOLD and d.streak == 0))
@@ -143,9 +144,8 @@ class DecisionLog:
     def decision(self, d: Decision, status: Any) -> None:
         from linkscope.cli.render.auto import decision_fields
 
-        if not notable(d):
-            return
-        self.line("decision", decision_fields(d, status))
+        if notable(d):
+            self.line("decision", decision_fields(d, status))
         if self.store is not None:
             self._store(d, status)
 

@@ -439,7 +439,7 @@ def test_sigint_before_first_round_exits_cleanly(tmp_path: Path, agents: Agents)
 
 
 def test_history_records_decisions_and_plans(tmp_path: Path) -> None:
-    """Every decision but a plain keep is a row in the store; a change stores the plan too."""
+    """Every decision is a row in the store, a keep too; a change stores the plan as well."""
     from linkscope.cli.auto import DecisionLog, _open_store
     from linkscope.inventory import Inventory
     from linkscope.relay.auto import RoundSamples
@@ -451,7 +451,7 @@ def test_history_records_decisions_and_plans(tmp_path: Path) -> None:
     cfg = AutoConfig("198.18.0.9", 22, "br", Inventory(tmp_path, {}), model="latency")
     relay = AutoRelay(cfg, prober=None, on_decision=log.decision)  # type: ignore[arg-type]
     relay.feed(RoundSamples({("local", "br"): [10.0, 12.0]}, {}, 0.1))
-    relay.feed(RoundSamples({("local", "br"): [10.0, 12.0]}, {}, 0.1))  # a keep: not stored
+    relay.feed(RoundSamples({("local", "br"): [10.0, 12.0]}, {}, 0.1))  # a keep: stored too
     relay.feed(RoundSamples({("local", "br"): [None, None]}, {}, 0.1))  # stranded
     store.close()
     assert log.store_errors == 0
@@ -460,7 +460,7 @@ def test_history_records_decisions_and_plans(tmp_path: Path) -> None:
     with Store(db) as s:
         rows = s.decisions()
         plans = s.plans()
-    assert [r["reason"].split(":")[0] for r in rows] == ["initial", "stranded"]
+    assert [r["reason"].split(":")[0] for r in rows] == ["initial", "keep", "stranded"]
     assert rows[0]["chain"] == "" and rows[0]["predicted"]["model"] == "latency"
     assert rows[0]["predicted"]["predicted"]["rtt_ms"] == pytest.approx(11.0, abs=1.0)
     assert rows[0]["observed"]["segments"][0]["to"] == "br"
