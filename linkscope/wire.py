@@ -56,7 +56,6 @@ import os
 import socket
 import struct
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -512,32 +511,53 @@ def decode_probe_length(data: bytes) -> int:
 class ReplayCache:
     """Nonces seen within the clock window, bounded in size.
 
-    A layer is accepted while ``|now - ts| <= window``, so a nonce must be remembered until
-    ``ts + window``, at most ``2 * window`` after it was first seen: entries are kept in arrival
-    order and expire 2 windows after arrival. When the cache is full of unexpired nonces a new
-    one is refused (``BUSY``) instead of evicting one that could then be replayed.
+    A layer is accepted while ``|now - ts| <= window``, so its nonce must be remembered until
+    ``ts + window`` (a replay after that is refused as expired anyway); without ``ts``, until
+    ``2 * window`` after arrival, the latest that can be. Nonces sit in one set for the lookup
+    and in per-second buckets by expiry, so expiring is dropping whole buckets (amortised O(1)),
+    and an entry costs ~100 bytes (the nonce, a set slot, a list slot): the default bound of
+    500,000 (~50 MB) holds a sustained ~16,000 connections/s at the default 30 s window. When
+    the cache is full of unexpired nonces a new one is refused (``BUSY``) instead of evicting
+    one that could then be replayed. Only layers with a valid MAC get this far.
     """
 
-    def __init__(self, window_ms: int, max_entries: int = 200_000) -> None:
-        self._ttl = 2 * window_ms
+    def __init__(self, window_ms: int, max_entries: int = 500_000) -> None:
+        self._window = window_ms
         self._max = max_entries
-        self._seen: OrderedDict[bytes, int] = OrderedDict()
+        self._seen: set[bytes] = set()
+        self._buckets: dict[int, list[bytes]] = {}  # second after expiry -> its nonces
+        self._purged = -1  # every bucket up to this second is gone
 
     def __len__(self) -> int:
         return len(self._seen)
 
-    def check_and_add(self, nonce: bytes, now_ms: int) -> None:
-        seen = self._seen
-        while seen:
-            oldest, expires = next(iter(seen.items()))
-            if expires > now_ms:
-                break
-            del seen[oldest]
-        if nonce in seen:
+    def _purge(self, now_s: int) -> None:
+        if now_s <= self._purged:
+            return
+        buckets = self._buckets
+        if now_s - self._purged > len(buckets):  # a long gap: visit the buckets, not the seconds
+            due = [sec for sec in buckets if sec <= now_s]
+        else:
+            due = [sec for sec in range(self._purged + 1, now_s + 1) if sec in buckets]
+        for sec in due:
+            self._seen.difference_update(buckets.pop(sec))
+        self._purged = now_s
+
+    def check_and_add(self, nonce: bytes, now_ms: int, ts_ms: int | None = None) -> None:
+        self._purge(now_ms // 1000)
+        if nonce in self._seen:
             raise WireError(Status.REPLAY)
-        if len(seen) >= self._max:
+        if len(self._seen) >= self._max:
             raise WireError(Status.BUSY, "replay cache full")
-        seen[nonce] = now_ms + self._ttl
+        expires = now_ms + 2 * self._window if ts_ms is None else ts_ms + self._window
+        # dropped once now_s reaches the bucket, i.e. strictly after ``expires``
+        sec = max(expires // 1000 + 1, self._purged + 1)
+        self._seen.add(nonce)
+        bucket = self._buckets.get(sec)
+        if bucket is None:
+            self._buckets[sec] = [nonce]
+        else:
+            bucket.append(nonce)
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,7 @@ class HopPolicy:
     def admit(self, frame: Frame, now_ms: int) -> ConnectLayer | ProbeLayer:
         """Verify MAC and clock, parse, then remember the nonce; WireError with the reason."""
         layer = verify_frame(frame, self.key, now_ms, int(self.window_s * 1000))
-        self.replay.check_and_add(layer.nonce, now_ms)
+        self.replay.check_and_add(layer.nonce, now_ms, layer.timestamp_ms)
         if isinstance(layer, ProbeLayer) and not self.probes.take(now_ms / 1000):
             raise WireError(Status.RATE_LIMITED)
         return layer

@@ -4,9 +4,10 @@ where the previous round left them (pipes are pooled, so those are bounded, not 
 
 RSS (``test_processes.py``) is too coarse for this: the allocator keeps the high-water mark of
 the busiest moment, which varies from round to round on a loaded machine, and the replay cache
-legitimately grows with every connection until its window expires. Here the window is short and
-the rounds are spaced so that the cache holds the same number of nonces after every round; a
-leak of one object per connection then shows as hundreds of blocks per round.
+legitimately grows with every connection until its window expires. Here the window is short, and
+each round ends, once its nonces have expired, with one more connection whose nonce purges them
+(the cache expires on arrival, to the second): the cache then holds one nonce per hop after
+every round, and a leak of one object per connection shows as hundreds of blocks per round.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import socket
 import sys
 import threading
+from collections import Counter
 
 import pytest
 
@@ -27,7 +29,7 @@ from linkscope.relay.pump import pump
 from .conftest import AgentFactory, EchoServer, fd_kinds
 
 N = 400  # connections per round
-WINDOW_S = 0.25  # nonces expire 2 windows after arrival
+WINDOW_S = 0.1  # a nonce is kept until its timestamp + the window, rounded up to the second
 
 
 @pytest.mark.parametrize("mode", ["splice", "buffered"])
@@ -54,15 +56,20 @@ async def test_identical_rounds_leave_no_objects_or_descriptors(
                 sock.close()
         return got == payload
 
-    async def round_() -> tuple[int, int]:
-        """Run N connections, wait until both hops closed theirs, count what is left."""
-        results = await asyncio.gather(*(one(i) for i in range(N)))
-        assert all(results)
+    async def settle() -> None:
+        """Until both hops have closed their side of every connection."""
         async with asyncio.timeout(30):
             while fd_kinds()["socket"] > sockets_start:
                 await asyncio.sleep(0.05)
-        # past the replay window, so the next round's first nonce purges this round's
-        await asyncio.sleep(2 * WINDOW_S + 0.1)
+
+    async def round_() -> tuple[int, Counter[str]]:
+        """Run N connections, then one more once their nonces expired; count what is left."""
+        results = await asyncio.gather(*(one(i) for i in range(N)))
+        assert all(results)
+        await settle()
+        await asyncio.sleep(WINDOW_S + 1.05)
+        assert await one(N)  # its nonce purges the round's from both hops' caches
+        await settle()
         gc.collect()
         return sys.getallocatedblocks(), fd_kinds()
 
