@@ -211,3 +211,41 @@ async def test_cancelling_a_pump_closes_both_sides(mode: str) -> None:
         with contextlib.suppress(ConnectionResetError):
             assert await asyncio.wait_for(loop.sock_recv(s, 1), 2) == b""
         s.close()
+
+
+def _keepalive(sock: socket.socket) -> tuple[int, int, int, int, int]:
+    return (
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
+    )
+
+
+async def test_relayed_sockets_have_keepalive_and_no_nagle(echo: EchoServer) -> None:
+    """Both sides of a relayed connection: the accepted client socket and the onward one. An
+    SSH session idle behind a NAT must not be dropped silently (keepalive: 60 s idle, then
+    probes every 10 s, 6 of them), and 1-byte keystrokes must not wait for Nagle."""
+    from linkscope.relay.net import Listener, bind_listener, connect_address
+
+    want = (1, 60, 10, 6, 1)
+    onward = await connect_address(socket.AF_INET, *echo.address, 5.0)
+    assert _keepalive(onward) == want
+    onward.close()
+
+    seen: list[tuple[int, int, int, int, int]] = []
+    listener = Listener(bind_listener("127.0.0.1", 0), name="test")
+
+    async def handler(conn: socket.socket) -> None:
+        seen.append(_keepalive(conn))
+        conn.close()
+
+    serving = asyncio.create_task(listener.serve(handler, grace=1), name="test-listener")
+    for _ in range(2):  # the first accept learns whether options are inherited; both must hold
+        reader, writer = await asyncio.open_connection(*listener.address)
+        assert await asyncio.wait_for(reader.read(1), 5) == b""  # the handler closed it
+        writer.close()
+    listener.stop()
+    await asyncio.wait_for(serving, 5)
+    assert seen == [want, want]

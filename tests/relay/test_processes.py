@@ -285,3 +285,55 @@ def test_backpressure_bounds_agent_memory(cluster: Cluster) -> None:
     assert got == sent
     for s in (client, conn, listener):
         s.close()
+
+
+def _scrape(host: str, port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The agent's /metrics as {(sample name, labels): value}, parsed by prometheus-client."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_agent_metrics_count_connections_refusals_bytes_and_setup(cluster: Cluster) -> None:
+    """--metrics: what a Prometheus scrape of a working agent shows after real traffic."""
+    from .conftest import free_port
+
+    listener, served = _serve_one(300_000, seed=8)
+    target = listener.getsockname()[:2]
+    mport = free_port("127.0.0.2")
+    cluster.agent("a", "127.0.0.2", "--allow", "127.0.0.1/32", "--metrics", f"127.0.0.2:{mport}")
+    entry = cluster.entry("a", target)
+    client = Endpoint(socket.create_connection((entry.host, entry.port)), 200_000, seed=9).start()
+    client.join(30)
+    served[0].join(30)
+    assert client.error is None and client.received == 300_000
+    assert served[0].got.digest() == client.sent.digest()
+    for ep in (client, served[0]):
+        ep.sock.close()
+    # one refused connection: garbage instead of a header
+    host, port = cluster.nodes["a"][:2]
+    with socket.create_connection((host, port), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        assert len(s.recv(16)) == 2  # a two-byte refusal, nothing else
+    listener.close()
+    deadline = time.monotonic() + 10
+    while True:
+        m = _scrape("127.0.0.2", mport)
+        if m[("linkscope_agent_connections_open", ())] == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert m[("linkscope_agent_connections_total", ())] == 2
+    assert m[("linkscope_agent_connections_open", ())] == 0
+    refused = {k[1]: v for k, v in m.items() if k[0] == "linkscope_agent_connections_refused_total"}
+    assert sum(refused.values()) == 1, refused
+    assert m[("linkscope_agent_bytes_total", (("direction", "up"),))] == 200_000
+    assert m[("linkscope_agent_bytes_total", (("direction", "down"),))] == 300_000
+    assert m[("linkscope_agent_chain_setup_seconds_count", ())] == 1
