@@ -254,7 +254,11 @@ def rig(brazil_lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[A
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(5)
-        rig.stopped_rc = relay.returncode  # type: ignore[attr-defined]
+    # SIGTERM is a graceful stop: exit 0, a stop line, no traceback (a failure here is reported
+    # as an error of the module's last test)
+    log = log_path.read_text()
+    assert relay.returncode == 0, log[-3000:]
+    assert '"event": "stop"' in log and "Traceback" not in log, log[-3000:]
 
 
 RELAYED = {"sh", "sh→mx", "mx"}  # as the log lines name chains

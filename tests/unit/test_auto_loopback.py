@@ -231,6 +231,62 @@ async def test_serves_on_chosen_chain_and_fails_over_when_its_agent_dies(
         await asyncio.wait_for(serving, 10)
 
 
+async def test_open_connections_keep_their_chain_when_new_ones_switch(
+    agents: Agents, echo: EchoServer
+) -> None:
+    """A switch moves NEW connections only: the open one stays on its relay (killing the other
+    relay's agent does not touch it; killing its own does)."""
+    from linkscope.relay.auto import RoundSamples
+
+    prober = LoopbackProber("127.0.0.1", [50.0, None, None, None])
+    cfg = AutoConfig(
+        "127.0.0.1", echo.port, "127.0.0.1", agents.inventory, probe_count=3, alpha=0.0, rounds=2
+    )
+    relay = AutoRelay(cfg, prober)
+    first = await relay.probe_round()
+    assert first.chain in (("sh",), ("mx",))
+    old, new = first.chain[0], "mx" if first.chain == ("sh",) else "sh"
+    entry = AutoEntry(relay, "127.0.0.1", 0)
+    serving = asyncio.create_task(entry.serve(), name="test-auto-entry")
+
+    async def echoes(rw: tuple[asyncio.StreamReader, asyncio.StreamWriter], data: bytes) -> bool:
+        reader, writer = rw
+        try:
+            writer.write(data)
+            await writer.drain()
+            return await asyncio.wait_for(reader.readexactly(len(data)), 5) == data
+        except (OSError, asyncio.IncompleteReadError):
+            return False
+
+    try:
+        conn_old = await asyncio.open_connection("127.0.0.1", entry.address[1])
+        assert await echoes(conn_old, b"on the first chain")
+        # the other relay becomes much better: after 2 rounds, new connections switch to it
+        t = "127.0.0.1"
+        fast, slow = [1.0, 1.0, 1.0], [80.0, 80.0, 80.0]
+        samples = {
+            ("local", t): [50.0, None, None],
+            ("local", old): slow, (old, t): slow, (old, new): slow,
+            ("local", new): fast, (new, t): fast, (new, old): slow,
+        }  # fmt: skip
+        kinds = [relay.feed(RoundSamples(samples, {}, 0.1)).kind for _ in range(2)]
+        assert kinds == [DecisionKind.HOLD, DecisionKind.SWITCH] and relay.current == (new,)
+        conn_new = await asyncio.open_connection("127.0.0.1", entry.address[1])
+        assert await echoes(conn_new, b"on the second chain")
+        assert await echoes(conn_old, b"still on the first")
+
+        agents.kill(new)  # the new chain's relay dies: the old connection does not notice
+        assert not await echoes(conn_new, b"gone")
+        assert await echoes(conn_old, b"unaffected")
+        agents.kill(old)  # its own relay dies: now it ends
+        assert not await echoes(conn_old, b"gone too")
+        for _, writer in (conn_old, conn_new):
+            writer.close()
+    finally:
+        entry.stop()
+        await asyncio.wait_for(serving, 10)
+
+
 # -- the command, as a user runs it ----------------------------------------------------------------
 def run_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     """`linkscope relay --auto ARGS...`."""
@@ -409,6 +465,60 @@ def test_pump_connection_limit_and_idle_timeout_apply_with_auto(
             p.wait()
     assert p.returncode == 0, err
     assert "Traceback" not in err
+
+
+def test_live_view_on_a_terminal(tmp_path: Path, agents: Agents, echo: EchoServer) -> None:
+    """With stderr on a terminal, `relay --auto` shows the plan, then the live view that
+    refreshes as rounds and connections happen; Ctrl-C restores the terminal and exits 0."""
+    import pty
+    import re
+    import select
+
+    port = free_port("127.0.0.1")
+    master, slave = pty.openpty()
+    p = subprocess.Popen(
+        [PY, "-m", "linkscope", "relay", "--auto", "--listen", f"127.0.0.1:{port}", "--to",
+         f"127.0.0.1:{echo.port}", "--nodes", str(agents.inventory_path), "--interval", "0.3",
+         "--probe-count", "3", "--db", str(tmp_path / "h.db")],
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
+        env={**os.environ, "TERM": "xterm", "COLUMNS": "120", "LINES": "40"},
+    )  # fmt: skip
+    os.close(slave)
+    screen = bytearray()
+
+    def read_for(seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                try:
+                    screen.extend(os.read(master, 65536))
+                except OSError:  # the child closed the terminal
+                    return
+
+    try:
+        _wait_port("127.0.0.1", port, timeout=20)
+        payload = os.urandom(64 * 1024)
+        got = asyncio.run(roundtrip(port, payload))
+        assert got == payload
+        read_for(2.0)  # several refreshes
+        p.send_signal(signal.SIGINT)
+        read_for(3.0)
+        assert p.wait(15) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        os.close(master)
+    text = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", bytes(screen)).decode(errors="replace")
+    assert "chains (best first)" in text  # the plan, before serving
+    assert "relay --auto" in text and f"127.0.0.1:{port}" in text  # the live view's head line
+    assert "segments (EWMA rtt, windowed loss)" in text and "decisions" in text
+    rounds = [int(n) for n in re.findall(r"round=(\d+)", text)]
+    assert rounds and max(rounds) >= 3, rounds  # it refreshed as rounds went by
+    assert re.search(r"connections=[1-9]", text)  # and as connections came
+    assert "Traceback" not in text
 
 
 def test_sigint_before_first_round_exits_cleanly(tmp_path: Path, agents: Agents) -> None:
