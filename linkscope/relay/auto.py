@@ -570,6 +570,7 @@ class AutoRelay:
     connections_total: int = 0
     connections_open: int = 0
     chain_failures: int = 0
+    races: int = 0  # chain-ups slow enough that an alternative was raced against them
     last_round: RoundSamples | None = None
     _failover: asyncio.Event | None = None
     _slow: dict[str, int] = field(default_factory=dict)  # agent -> consecutive timeouts
@@ -716,6 +717,18 @@ class AutoRelay:
         """A connection's chain came up after ``setup_ms`` (kept per chain, last 20)."""
         self.setup_ms.setdefault(chain, deque(maxlen=20)).append(setup_ms)
 
+    def chain_slow(self, chain: Chain, racing: Chain, after_s: float) -> None:
+        """``chain`` was not up after ``after_s``: the entry races ``racing`` against it."""
+        self.races += 1
+        self._event(
+            "chain_slow",
+            {
+                "chain": chain_label(chain),
+                "after_s": round(after_s, 3),
+                "racing": chain_label(racing),
+            },
+        )
+
     def _record(self, d: Decision) -> Decision:
         self.decisions.append((time.time(), d))
         if d.kind == DecisionKind.FAILOVER and self._failover is not None:
@@ -736,16 +749,29 @@ class AutoRelay:
         cur = self.current
         return next((c for c in self.candidates if c.hops == cur), None)
 
+    def segment_rtts(self, chain: Chain) -> list[float] | None:
+        """The EWMA RTT of each segment of ``chain``, None unless every one is measured."""
+        rtts = []
+        for seg in segments(SOURCE, chain, self.cfg.target_name):
+            est = self.estimates.links.get(seg)
+            if est is None or est.rtt_ms is None:
+                return None
+            rtts.append(est.rtt_ms)
+        return rtts
+
+    def predicted_setup_ms(self, chain: Chain) -> float | None:
+        """The chain-up time the measured RTTs predict: each hop's connect (one RTT of its
+        segment) plus the header going out and the status coming back over every segment but
+        the last, i.e. 2 x sum(relayed segments) + the last one."""
+        rtts = self.segment_rtts(chain)
+        return None if rtts is None else 2 * sum(rtts[:-1]) + rtts[-1]
+
     def status(self) -> AutoStatus:
         cur = self.current
         segs = segments(SOURCE, cur, self.cfg.target_name) if cur is not None else ()
-        rtts = [self.estimates.links[s].rtt_ms for s in segs if s in self.estimates.links]
-        known = [r for r in rtts if r is not None]
-        complete = len(known) == len(segs) and bool(segs)
-        observed_rtt = sum(known) if complete else None
-        # chain-up: each hop's connect (one RTT of its segment) plus the header going out and the
-        # status byte coming back over every segment but the last: 2 x sum(relayed) + last
-        predicted_setup = 2 * sum(known[:-1]) + known[-1] if complete else None
+        rtts = self.segment_rtts(cur) if cur is not None else None
+        observed_rtt = None if rtts is None else sum(rtts)
+        predicted_setup = None if cur is None else self.predicted_setup_ms(cur)
         setups = self.setup_ms.get(cur, ()) if cur is not None else ()
         return AutoStatus(
             listen=self.listen,
@@ -840,16 +866,30 @@ def blame(chain: Chain, target: str, exc: BaseException) -> tuple[str, Segment |
     return str(exc) or type(exc).__name__, None
 
 
-class _Superseded(Exception):
-    """A pending chain-up was abandoned because the relay failed over to another chain."""
+RACE_FACTOR = 3.0
+"""A chain-up slower than this many times its predicted time has an alternative raced against it."""
+RACE_MIN_S = 0.25
+RACE_UNKNOWN_S = 1.0
+"""The race delay when the chain's segments are not all measured yet."""
 
 
 class AutoEntry:
     """The listener of `relay --auto`: each client gets the chain current at accept time.
 
-    When a chain does not come up, the decider hears of it at once (it fails over), and the same
-    client is retried once on the new chain if there is time left, so one dead hop costs a client
-    at most one chain-up timeout. Open connections keep the chain they started on.
+    Bringing a client's chain up is a race, as happy eyeballs (RFC 8305) is for addresses:
+
+    * the chain current at accept is tried first;
+    * if it is not up after a few times the chain-up time its measured RTTs predict (``_stagger``),
+      the decider's best alternative (sharing no relay with it, when there is one) is tried beside
+      it, and the client gets whichever comes up first;
+    * a chain that fails tells the decider at once (it fails over), and the client goes on over
+      the new current chain.
+
+    So a dead or stalled hop costs a client the stagger, not the chain-up timeout, whatever the
+    probe interval. An attempt on the current chain that loses the race runs on to its own end
+    inside the client's task group, so that its failure still reaches the decider (a late success
+    is closed); attempts on chains the relay has failed over away from are cancelled. Open
+    connections keep the chain they started on.
     """
 
     def __init__(
@@ -907,65 +947,98 @@ class AutoEntry:
                 last = exc
         raise last if last is not None else OSError(f"{cfg.target_host} does not resolve")
 
-    async def _open_unless_failed_over(self, chain: Chain) -> Any:
-        """``_open(chain)``, abandoned (``_Superseded``) if the relay fails over away from
-        ``chain`` meanwhile: a client waiting on a dead chain is moved at once, without
-        sitting out the chain-up timeout."""
-        attempt = asyncio.create_task(self._open(chain), name=f"auto-chain-up-{chain_label(chain)}")
+    def _stagger(self, chain: Chain) -> float:
+        """How long ``chain`` may take to come up before an alternative is raced against it:
+        RACE_FACTOR times its predicted chain-up time (at least RACE_MIN_S; RACE_UNKNOWN_S when
+        not all its segments are measured), and at most half the chain-up timeout."""
+        predicted = self.relay.predicted_setup_ms(chain)
+        wait = RACE_UNKNOWN_S if predicted is None else RACE_FACTOR * predicted / 1000.0
+        return min(max(wait, RACE_MIN_S), self.relay.cfg.chain_timeout / 2)
+
+    async def _attempt(self, chain: Chain, won: asyncio.Future[tuple[Chain, Any]]) -> None:
+        """One chain-up. The first to succeed hands its socket to the client (``won``); a later
+        success is closed. A failure goes to the decider, which fails over at once."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
-            while True:
-                signal = self.relay.failover_signal()
-                waiter = asyncio.create_task(signal.wait(), name="auto-failover-wait")
-                try:
-                    await asyncio.wait({attempt, waiter}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    waiter.cancel()
-                if attempt.done():
-                    return attempt.result()
-                if self.relay.current != chain:
-                    raise _Superseded
-        finally:
-            if not attempt.done():
-                attempt.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await attempt
+            sock = await self._open(chain)
+        except Exception as exc:
+            reason, seg = blame(chain, self.relay.cfg.target_name, exc)
+            self.relay.chain_failed(chain, f"chain-up failed: {reason}", seg)
+            return
+        self.relay.chain_up(chain, (loop.time() - started) * 1000.0)
+        if won.done():
+            sock.close()
+        else:
+            won.set_result((chain, sock))
+
+    async def _bring_up(self, tg: asyncio.TaskGroup) -> tuple[Chain, Any] | None:
+        """The client's chain, raced as the class docstring says; None when nothing came up."""
+        loop = asyncio.get_running_loop()
+        relay = self.relay
+        won: asyncio.Future[tuple[Chain, Any]] = loop.create_future()
+        tried: list[Chain] = []
+        attempts: list[asyncio.Task[None]] = []
+
+        def start(chain: Chain) -> None:
+            tried.append(chain)
+            name = f"auto-chain-up-{chain_label(chain)}"
+            attempts.append(tg.create_task(self._attempt(chain, won), name=name))
+
+        first = relay.current if relay.current is not None else DIRECT
+        start(first)
+        race_at: float | None = loop.time() + self._stagger(first)
+        while not won.done():
+            running = [t for t in attempts if not t.done()]
+            cur = relay.current if relay.current is not None else DIRECT
+            can_try = len(tried) <= self.retries
+            if cur not in tried and can_try:  # failed over meanwhile: go on over the new chain
+                start(cur)
+                continue
+            if not running:
+                return None  # every chain tried has failed
+            if race_at is not None and loop.time() >= race_at:
+                race_at = None
+                alt = relay.decider.alternative(first)
+                if alt is not None and alt not in tried and can_try:
+                    relay.chain_slow(first, alt, self._stagger(first))
+                    start(alt)
+                continue
+            waiter = loop.create_task(relay.failover_signal().wait(), name="auto-failover-wait")
+            wake: set[asyncio.Future[Any]] = {won, waiter, *running}
+            try:
+                await asyncio.wait(
+                    wake,
+                    timeout=None if race_at is None else max(0.0, race_at - loop.time()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                waiter.cancel()
+        # attempts on chains the relay has failed over away from have nothing left to tell it
+        for chain, task in zip(tried, attempts, strict=True):
+            if chain != relay.current and not task.done():
+                task.cancel()
+        return won.result()
 
     async def _handle(self, client: Any) -> None:
         import socket as _socket
 
         from linkscope.relay.pump import pump
 
-        loop = asyncio.get_running_loop()
         relay = self.relay
         relay.connections_total += 1
-        upstream = None
-        tried: list[Chain] = []
-        for _ in range(self.retries + 1):
-            chain = relay.current if relay.current is not None else DIRECT
-            if chain in tried:
-                break
-            tried.append(chain)
-            started = loop.time()
+        async with asyncio.TaskGroup() as tg:  # the losing attempts run to their end in here
+            up = await self._bring_up(tg)
+            if up is None:
+                with contextlib.suppress(OSError):
+                    client.shutdown(_socket.SHUT_RDWR)
+                client.close()
+                return
+            relay.connections_open += 1
             try:
-                upstream = await self._open_unless_failed_over(chain)
-            except _Superseded:
-                continue  # the relay failed over while this chain-up was pending: go again
-            except Exception as exc:
-                reason, seg = blame(chain, relay.cfg.target_name, exc)
-                relay.chain_failed(chain, f"chain-up failed: {reason}", seg)
-                continue
-            relay.chain_up(chain, (loop.time() - started) * 1000.0)
-            break
-        if upstream is None:
-            with contextlib.suppress(OSError):
-                client.shutdown(_socket.SHUT_RDWR)
-            client.close()
-            return
-        relay.connections_open += 1
-        try:
-            await pump(client, upstream, mode=self.mode, idle_timeout=self.idle_timeout)
-        finally:
-            relay.connections_open -= 1
+                await pump(client, up[1], mode=self.mode, idle_timeout=self.idle_timeout)
+            finally:
+                relay.connections_open -= 1
 
 
 def suspect_segment(

@@ -280,6 +280,17 @@ class Decider:
     def streak(self, chain: Chain) -> int:
         return self._streaks.get(chain, 0)
 
+    def alternative(self, chain: Chain) -> Chain | None:
+        """The chain to race against ``chain`` when it is slow to come up: the cheapest viable
+        one of the last round that shares no relay with it (a slow relay slows every chain
+        through it), else the cheapest other viable one; None when there is none."""
+        if self._last is None:
+            return None
+        others = [c.hops for c in self.viable(self._last) if c.hops != chain]
+        disjoint = [h for h in others if not set(h) & set(chain)]
+        candidates = disjoint or others
+        return candidates[0] if candidates else None
+
     # -- inputs --
     def on_round(self, rnd: Round) -> Decision:
         """Feed one measurement round; returns the decision for new connections."""

@@ -437,6 +437,48 @@ def test_flapping_link_causes_at_most_one_switch_per_window(rig: AutoRig) -> Non
     assert len(changes) <= max(1, int(elapsed / (ROUNDS * INTERVAL)))
 
 
+def test_failover_at_the_default_interval_serves_within_5s(rig: AutoRig) -> None:
+    """The issue's goal at the defaults (--interval 10, 10 probes a segment): a relay that
+    probes only every 10 s still restores service within 5 s of a cut, because a new client's
+    stalled chain-up is raced against the alternative chain (see AutoEntry)."""
+    lab = rig.lab
+    port = RELAY_PORT + 1
+    log_path = rig.tmp / "relay-defaults.log"
+    relay = lab.popen(
+        "home",
+        [PY, "-m", "linkscope", "relay", "--auto", "--listen", f"127.0.0.1:{port}",
+         "--to", f"br:{SERVER_PORT}", "--nodes", str(rig.tmp / "nodes.toml"),
+         "--db", str(rig.tmp / "history-defaults.db"), "--json"],
+        stdout=subprocess.DEVNULL,
+        stderr=open(log_path, "w"),  # noqa: SIM115
+    )  # fmt: skip
+    other = AutoRig(lab, rig.tmp, log_path, relay)
+    try:
+        first, _ = other.wait_for(lambda d: d["kind"] == "initial", timeout=30)
+        _wait_listening(lab, "home", port)
+        chain = first["chain"]
+        assert chain in RELAYED
+        # cut the link the chain crosses that leaves another relayed chain alive
+        a, b = ("sh", "mx") if _crosses(lab, chain, "sh", "mx") else ("sh", "br")
+        time.sleep(1.0)  # well inside the 10 s round: no probe is due to see the cut
+        n = len(other.decisions())
+        with lab.impaired(a, b, loss=1.0):
+            wall_cut = time.time()
+            w = rig.client("watch", "127.0.0.1", str(port), "0.2", "15", "10", timeout=40)
+            restored = w["answered_at"] - wall_cut if w["ok"] else None
+            races = [e for e in other.events() if e.get("event") == "chain_slow"]
+            moved = other.decisions()[n:]
+        print(f"defaults, cut {a}-{b} under {chain}: first answer after {restored} s; "
+              f"races {[(e['chain'], e['racing'], e['after_s']) for e in races[:3]]}; "
+              f"decisions since {[(d['kind'], d['chain']) for d in moved]}")  # fmt: skip
+        assert restored is not None and restored < 5.0
+        assert races and races[0]["chain"] == chain
+    finally:
+        relay.terminate()
+        relay.wait(20)
+    assert relay.returncode == 0
+
+
 def test_history_holds_every_decision(rig: AutoRig) -> None:
     from linkscope.store import Store
 

@@ -577,34 +577,74 @@ def test_history_records_decisions_and_plans(tmp_path: Path) -> None:
     assert len(plans) >= 1 and plans[0]["model"] == "latency" and plans[0]["target"] == "br"
 
 
-async def test_pending_chain_up_moves_at_once_on_failover(tmp_path: Path, echo: EchoServer) -> None:
-    """A client waiting on a chain that hangs is moved when the relay fails over, long before
-    the chain-up timeout."""
+def _black_hole_relay(
+    tmp_path: Path, hole: socket.socket, echo: EchoServer, rtts: dict[str, float], timeout: float
+) -> AutoRelay:
+    """A relay whose only relay node "bh" accepts connections and never answers, chosen by the
+    scripted round ``rtts`` (direct, local→bh, bh→target, in ms) under the latency model."""
     from linkscope.inventory import Inventory
     from linkscope.relay.auto import SOURCE, RoundSamples
 
+    key = tmp_path / "bh.key"
+    key.write_text(os.urandom(32).hex() + "\n")
+    port = int(hole.getsockname()[1])
+    inv = Inventory(tmp_path, {"bh": Node("bh", "127.0.0.4", port, key, bytes(32))})
+    cfg = AutoConfig(
+        "127.0.0.1", echo.port, "127.0.0.1", inv, chain_timeout=timeout, model="latency"
+    )
+    relay = AutoRelay(cfg, prober=None)  # type: ignore[arg-type]
+    samples = {
+        (SOURCE, "127.0.0.1"): [rtts["direct"]] * 2,
+        (SOURCE, "bh"): [rtts["local_bh"]] * 2,
+        ("bh", "127.0.0.1"): [rtts["bh_target"]] * 2,
+    }
+    relay.feed(RoundSamples(samples, {}, 0.1))
+    assert relay.current == ("bh",)
+    return relay
+
+
+async def test_a_stalled_chain_up_is_raced_against_the_alternative(
+    tmp_path: Path, echo: EchoServer
+) -> None:
+    """Happy eyeballs for chains: the chosen relay accepts and never answers; a few times its
+    predicted chain-up time later the direct path is tried beside it and serves the client,
+    long before the chain-up timeout. The stalled attempt runs on to its timeout, so the
+    decider still hears of it and fails over."""
     hole = socket.create_server(("127.0.0.4", 0))  # accepts, never answers: a black hole
     try:
-        port = int(hole.getsockname()[1])
-        key = tmp_path / "bh.key"
-        key.write_text(os.urandom(32).hex() + "\n")
-        inv = Inventory(tmp_path, {"bh": Node("bh", "127.0.0.4", port, key, bytes(32))})
-        cfg = AutoConfig(
-            "127.0.0.1", echo.port, "127.0.0.1", inv, chain_timeout=20.0, model="latency"
-        )
-        relay = AutoRelay(cfg, prober=None)  # type: ignore[arg-type]
-        relay.feed(
-            RoundSamples(
-                {
-                    (SOURCE, "127.0.0.1"): [50.0, 50.0],
-                    (SOURCE, "bh"): [1.0, 1.0],
-                    ("bh", "127.0.0.1"): [1.0, 1.0],
-                },
-                {},
-                0.1,
-            )
-        )
-        assert relay.current == ("bh",)
+        rtts = {"direct": 50.0, "local_bh": 1.0, "bh_target": 1.0}
+        relay = _black_hole_relay(tmp_path, hole, echo, rtts, timeout=3.0)
+        entry = AutoEntry(relay, "127.0.0.1", 0)
+        serving = asyncio.create_task(entry.serve(), name="test-auto-entry")
+        try:
+            t0 = time.monotonic()
+            assert await roundtrip(entry.address[1], b"hello", timeout=10) == b"hello"
+            served = time.monotonic() - t0
+            assert served < 1.0, served  # the stagger (>= 0.25 s), not the 3 s timeout
+            assert relay.races == 1 and relay.chain_failures == 0
+            assert relay.current == ("bh",)  # nothing failed yet: the race decided nothing
+            async with asyncio.timeout(5):  # the stalled attempt times out: failover
+                while relay.current == ("bh",):
+                    await asyncio.sleep(0.05)
+            assert relay.chain_failures == 1 and relay.current == ()
+            assert relay.decisions[-1][1].kind == DecisionKind.FAILOVER
+        finally:
+            entry.stop()
+            await asyncio.wait_for(serving, 10)
+    finally:
+        hole.close()
+
+
+async def test_pending_chain_up_moves_at_once_on_failover(tmp_path: Path, echo: EchoServer) -> None:
+    """A client waiting on a chain that hangs is moved when the relay fails over, long before
+    the chain-up timeout (here the chain's predicted chain-up time is long, so no race starts
+    first), and the abandoned attempt is cancelled, not blamed."""
+    from linkscope.relay.auto import SOURCE
+
+    hole = socket.create_server(("127.0.0.4", 0))
+    try:
+        rtts = {"direct": 5000.0, "local_bh": 1000.0, "bh_target": 1.0}
+        relay = _black_hole_relay(tmp_path, hole, echo, rtts, timeout=20.0)
         entry = AutoEntry(relay, "127.0.0.1", 0)
         serving = asyncio.create_task(entry.serve(), name="test-auto-entry")
         try:
@@ -616,10 +656,12 @@ async def test_pending_chain_up_moves_at_once_on_failover(tmp_path: Path, echo: 
             assert d is not None and d.kind == DecisionKind.FAILOVER and d.chain == ()
             assert await client == b"hello"
             assert time.monotonic() - t0 < 2.0  # not the 20 s chain-up timeout
-            assert relay.chain_failures == 0  # abandoned, not failed: nothing to blame
+            assert relay.chain_failures == 0 and relay.races == 0
         finally:
             entry.stop()
+            t1 = time.monotonic()
             await asyncio.wait_for(serving, 10)
+            assert time.monotonic() - t1 < 2.0  # nothing left waiting on the black hole
     finally:
         hole.close()
 
