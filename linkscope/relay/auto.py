@@ -955,71 +955,6 @@ class AutoEntry:
         wait = RACE_UNKNOWN_S if predicted is None else RACE_FACTOR * predicted / 1000.0
         return min(max(wait, RACE_MIN_S), self.relay.cfg.chain_timeout / 2)
 
-    async def _attempt(self, chain: Chain, won: asyncio.Future[tuple[Chain, Any]]) -> None:
-        """One chain-up. The first to succeed hands its socket to the client (``won``); a later
-        success is closed. A failure goes to the decider, which fails over at once."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        try:
-            sock = await self._open(chain)
-        except Exception as exc:
-            reason, seg = blame(chain, self.relay.cfg.target_name, exc)
-            self.relay.chain_failed(chain, f"chain-up failed: {reason}", seg)
-            return
-        self.relay.chain_up(chain, (loop.time() - started) * 1000.0)
-        if won.done():
-            sock.close()
-        else:
-            won.set_result((chain, sock))
-
-    async def _bring_up(self, tg: asyncio.TaskGroup) -> tuple[Chain, Any] | None:
-        """The client's chain, raced as the class docstring says; None when nothing came up."""
-        loop = asyncio.get_running_loop()
-        relay = self.relay
-        won: asyncio.Future[tuple[Chain, Any]] = loop.create_future()
-        tried: list[Chain] = []
-        attempts: list[asyncio.Task[None]] = []
-
-        def start(chain: Chain) -> None:
-            tried.append(chain)
-            name = f"auto-chain-up-{chain_label(chain)}"
-            attempts.append(tg.create_task(self._attempt(chain, won), name=name))
-
-        first = relay.current if relay.current is not None else DIRECT
-        start(first)
-        race_at: float | None = loop.time() + self._stagger(first)
-        while not won.done():
-            running = [t for t in attempts if not t.done()]
-            cur = relay.current if relay.current is not None else DIRECT
-            can_try = len(tried) <= self.retries
-            if cur not in tried and can_try:  # failed over meanwhile: go on over the new chain
-                start(cur)
-                continue
-            if not running:
-                return None  # every chain tried has failed
-            if race_at is not None and loop.time() >= race_at:
-                race_at = None
-                alt = relay.decider.alternative(first)
-                if alt is not None and alt not in tried and can_try:
-                    relay.chain_slow(first, alt, self._stagger(first))
-                    start(alt)
-                continue
-            waiter = loop.create_task(relay.failover_signal().wait(), name="auto-failover-wait")
-            wake: set[asyncio.Future[Any]] = {won, waiter, *running}
-            try:
-                await asyncio.wait(
-                    wake,
-                    timeout=None if race_at is None else max(0.0, race_at - loop.time()),
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-            finally:
-                waiter.cancel()
-        # attempts on chains the relay has failed over away from have nothing left to tell it
-        for chain, task in zip(tried, attempts, strict=True):
-            if chain != relay.current and not task.done():
-                task.cancel()
-        return won.result()
-
     async def _handle(self, client: Any) -> None:
         import socket as _socket
 
@@ -1028,7 +963,7 @@ class AutoEntry:
         relay = self.relay
         relay.connections_total += 1
         async with asyncio.TaskGroup() as tg:  # the losing attempts run to their end in here
-            up = await self._bring_up(tg)
+            up = await _ChainUp(self, tg).run()
             if up is None:
                 with contextlib.suppress(OSError):
                     client.shutdown(_socket.SHUT_RDWR)
@@ -1039,6 +974,91 @@ class AutoEntry:
                 await pump(client, up[1], mode=self.mode, idle_timeout=self.idle_timeout)
             finally:
                 relay.connections_open -= 1
+
+
+class _ChainUp:
+    """One client's chain-up race (see ``AutoEntry``): the attempts, in ``tg``, and the first
+    chain to come up (``won``)."""
+
+    def __init__(self, entry: AutoEntry, tg: asyncio.TaskGroup) -> None:
+        self.entry = entry
+        self.relay = entry.relay
+        self.tg = tg
+        self.won: asyncio.Future[tuple[Chain, Any]] = asyncio.get_running_loop().create_future()
+        self.tried: list[Chain] = []
+        self.attempts: list[asyncio.Task[None]] = []
+
+    def start(self, chain: Chain) -> None:
+        self.tried.append(chain)
+        name = f"auto-chain-up-{chain_label(chain)}"
+        self.attempts.append(self.tg.create_task(self._attempt(chain), name=name))
+
+    async def _attempt(self, chain: Chain) -> None:
+        """One chain-up. The first to succeed hands its socket to the client; a later success
+        is closed. A failure goes to the decider, which fails over at once."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            sock = await self.entry._open(chain)
+        except Exception as exc:
+            reason, seg = blame(chain, self.relay.cfg.target_name, exc)
+            self.relay.chain_failed(chain, f"chain-up failed: {reason}", seg)
+            return
+        self.relay.chain_up(chain, (loop.time() - started) * 1000.0)
+        if self.won.done():
+            sock.close()
+        else:
+            self.won.set_result((chain, sock))
+
+    async def run(self) -> tuple[Chain, Any] | None:
+        """The chain and socket the client gets; None when every chain tried failed."""
+        relay = self.relay
+        first = relay.current if relay.current is not None else DIRECT
+        self.start(first)
+        try:
+            await self._wait(first, self.entry._stagger(first))
+        except BaseException:
+            if self.won.done():  # cancelled just as a chain came up: nobody will use it
+                self.won.result()[1].close()
+            raise
+        # attempts on chains the relay has failed over away from have nothing left to tell it
+        for chain, task in zip(self.tried, self.attempts, strict=True):
+            if chain != relay.current and not task.done():
+                task.cancel()
+        return self.won.result() if self.won.done() else None
+
+    async def _wait(self, first: Chain, stagger: float) -> None:
+        """Until a chain is up: race an alternative once ``first`` is ``stagger`` late, go on
+        over each chain the relay fails over to; return early when every attempt has failed."""
+        loop = asyncio.get_running_loop()
+        relay = self.relay
+        race_at: float | None = loop.time() + stagger
+        while not self.won.done():
+            running = [t for t in self.attempts if not t.done()]
+            cur = relay.current if relay.current is not None else DIRECT
+            can_try = len(self.tried) <= self.entry.retries
+            if cur not in self.tried and can_try:  # failed over meanwhile: the new chain too
+                self.start(cur)
+                continue
+            if not running:
+                return
+            if race_at is not None and loop.time() >= race_at:
+                race_at = None
+                alt = relay.decider.alternative(first)
+                if alt is not None and alt not in self.tried and can_try:
+                    relay.chain_slow(first, alt, stagger)
+                    self.start(alt)
+                continue
+            waiter = loop.create_task(relay.failover_signal().wait(), name="auto-failover-wait")
+            wake: set[asyncio.Future[Any]] = {self.won, waiter, *running}
+            try:
+                await asyncio.wait(
+                    wake,
+                    timeout=None if race_at is None else max(0.0, race_at - loop.time()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                waiter.cancel()
 
 
 def suspect_segment(
