@@ -481,6 +481,22 @@ def _pct(v: float) -> str:
     return f"{100 * v:.0f}%" if v >= 0.1 or v == 0 else f"{100 * v:.1f}%"
 
 
+def attribute(fig: Any, attribution: str | None) -> None:
+    """Credit the geo data a figure shows, in small print at its foot (DB-IP Lite's CC BY 4.0
+    asks for "IP Geolocation by DB-IP" wherever its results are shown). ``attribution`` is what
+    ``linkscope.geo`` decided the answering databases ask for (``GeoLookup.attribution``, in a
+    probe or trace document as ``geo.attribution``); None: nothing is owed."""
+    if attribution:
+        fig.supxlabel(attribution, x=0.99, ha="right", fontsize="x-small", color="dimgrey")
+
+
+def doc_attribution(doc: Mapping[str, Any]) -> str | None:
+    """The attribution a probe or trace document's geo data carries (its ``geo`` block)."""
+    geo = doc.get("geo")
+    value = geo.get("attribution") if isinstance(geo, Mapping) else None
+    return str(value) if value else None
+
+
 def to_png(fig: Figure, dpi: int = 100) -> bytes:
     """The figure as PNG bytes (for ``IPython.display.Image``, or to check that it renders)."""
     buf = io.BytesIO()
@@ -616,11 +632,18 @@ def trace_height(n_hops: int) -> float:
     return 1.3 + 0.55 * n_hops
 
 
-def plot_trace(hops: pd.DataFrame, trace_id: int | None = None, *, into: Any = None) -> Figure:
+def plot_trace(
+    hops: pd.DataFrame,
+    trace_id: int | None = None,
+    *,
+    attribution: str | None = None,
+    into: Any = None,
+) -> Figure:
     """One trace as mtr shows it: per hop, the RTT (median bar, min-max whisker) and the loss.
 
     Takes ``load_traces``' frame; ``trace_id`` defaults to the latest trace in it. A hop where
-    nothing answered is drawn as 100 % loss.
+    nothing answered is drawn as 100 % loss. Hops are labelled with their city when located;
+    ``attribution`` (see ``attribute``) is then printed at the foot.
     """
     _require(hops, ("trace_id", "started_at", "ttl", "address", "loss", "rtt_p50_ms"), "trace plot")
     rows = _pick(hops, "trace_id", trace_id, "started_at", "trace plot").sort_values("ttl")
@@ -662,6 +685,8 @@ def plot_trace(hops: pd.DataFrame, trace_id: int | None = None, *, into: Any = N
         f"Trace to {target or '?'} ({proto + ', ' if proto else ''}{reached}): "
         "per-hop latency and loss"
     )
+    if "city" in rows and any(_text(c) for c in rows["city"]):  # looked-up geo is shown
+        attribute(fig, attribution)
     return root
 
 
@@ -764,6 +789,7 @@ def plot_path_map(
     trace_id: int | None = None,
     *,
     source: tuple[float, float, str] | None = None,
+    attribution: str | None = None,
     into: Any = None,
 ) -> Figure:
     """A path's located hops on plain lon/lat axes, in order, against the direct great circle.
@@ -773,6 +799,8 @@ def plot_path_map(
     own address is rarely in a GeoIP database); else the first located hop stands in.
     No map tiles or coastlines: a lon/lat grid only. Longitudes are unwrapped so that a path
     across the Pacific stays continuous; tick labels show them wrapped back to ±180°.
+    ``attribution`` (see ``attribute``), for the database that located the hops, is printed at
+    the foot.
     """
     from linkscope.geo.geometry import great_circle_km
 
@@ -826,6 +854,7 @@ def plot_path_map(
         f"Path to {target or '?'}: {path_km:,.0f} km travelled for {direct_km:,.0f} km "
         f"direct (×{ratio:.2f})"
     )
+    attribute(fig, attribution)
     return root
 
 
@@ -1007,21 +1036,31 @@ def plot_for_probe(
     trace = docs[0].get("trace") if len(docs) == 1 else None
     if trace and trace.get("hops"):
         hops = hops_frame(trace, started_at=docs[0].get("started_at"))
-        parts.append((trace_height(len(hops)), lambda into: plot_trace(hops, into=into)))
+        credit = doc_attribution(docs[0])
+        parts.append(
+            (
+                trace_height(len(hops)),
+                lambda into: plot_trace(hops, attribution=credit, into=into),
+            )
+        )
     return _stack(parts, path)
 
 
 def plot_for_trace(trace: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     """``trace --plot FILE``: the mtr-like per-hop chart, plus the map when at least two hops
-    are located. ``trace``: ``Trace.to_dict()``."""
+    are located. ``trace``: ``Trace.to_dict()`` (with the CLI's ``geo`` block, whose
+    attribution is printed under the panels that show located hops)."""
     hops = hops_frame(trace)
     if hops.empty:
         raise NoData("--plot: the trace has no hops; nothing to draw")
+    credit = doc_attribution(trace)
     parts: list[tuple[float, Any]] = [
-        (trace_height(len(hops)), lambda into: plot_trace(hops, into=into))
+        (trace_height(len(hops)), lambda into: plot_trace(hops, attribution=credit, into=into))
     ]
     if len(_located(hops)) >= 2:
-        parts.append((map_height(hops), lambda into: plot_path_map(hops, into=into)))
+        parts.append(
+            (map_height(hops), lambda into: plot_path_map(hops, attribution=credit, into=into))
+        )
     return _stack(parts, path)
 
 
@@ -1039,11 +1078,13 @@ def render_demo_figure(
     target: str | None = None,
     *,
     source: tuple[float, float, str] | None = None,
+    attribution: str | None = None,
 ) -> Path:
     """The README picture from a history database, for ``target`` (default: the latest probed
     target): its latest trace on the map (from ``source`` when given) and per hop, its RTT and
     loss over time, and the latest plan to it against direct. Panels without data are left
-    out; NoData when none has any."""
+    out; NoData when none has any. The store does not keep which database located the hops:
+    pass its ``attribution`` (``GeoLookup.attribution``) when it asks for one."""
     if target is None:
         probes = load_probes(history_db)
         if not probes.empty:
@@ -1055,9 +1096,21 @@ def render_demo_figure(
     if not hops.empty:
         with contextlib.suppress(NoData):
             height = map_height(hops, source=source)
-            candidates.append((height, lambda into: plot_path_map(hops, source=source, into=into)))
+            candidates.append(
+                (
+                    height,
+                    lambda into: plot_path_map(
+                        hops, source=source, attribution=attribution, into=into
+                    ),
+                )
+            )
         latest = _pick(hops, "trace_id", None, "started_at", "trace plot")
-        candidates.append((trace_height(len(latest)), lambda into: plot_trace(hops, into=into)))
+        candidates.append(
+            (
+                trace_height(len(latest)),
+                lambda into: plot_trace(hops, attribution=attribution, into=into),
+            )
+        )
     if not pings.empty and pings["run_id"].nunique() > 1:
         candidates.append((5.0, lambda into: plot_rtt_loss(pings, into=into)))
     else:
@@ -1122,6 +1175,8 @@ __all__ = [
     "PROBES_COLUMNS",
     "TRACES_COLUMNS",
     "NoData",
+    "attribute",
+    "doc_attribution",
     "great_circle_points",
     "hops_frame",
     "load_decisions",

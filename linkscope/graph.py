@@ -8,6 +8,8 @@ carry a chain). A directed edge u→v carries what was measured from u to v:
     jitter_ms    RTT variation in ms (0 when not measured)
     measured_at  UNIX time of the measurement (None when unknown)
     source       where it came from: "local" probe, "agent" probe, "history" store, "file"
+    method       how it was measured when known (e.g. "icmp-raw", "tcp-connect :7070"), else None
+    probes       how many probes it is made of when known, else None
     stale        True when older than the max age the graph was built with
 
 Edges from the source are measured locally; edges out of relays come from the relays' agents,
@@ -34,7 +36,7 @@ import json.scanner
 import math
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -96,6 +98,8 @@ def add_edge(
     jitter_ms: float = 0.0,
     measured_at: float | datetime | None = None,
     source: str = "local",
+    method: str | None = None,
+    probes: int | None = None,
 ) -> None:
     """Add (or replace) the measured edge u→v. ValueError on impossible values.
 
@@ -127,6 +131,8 @@ def add_edge(
         jitter_ms=float(jitter_ms),
         measured_at=_timestamp(measured_at),
         source=source,
+        method=method,
+        probes=probes,
         stale=False,
     )
 
@@ -155,6 +161,39 @@ def add_probe_edge(
     )
 
 
+def add_samples_edge(
+    g: nx.DiGraph,
+    u: str,
+    v: str,
+    samples: Sequence[float | None],
+    *,
+    measured_at: float | datetime | None = None,
+    source: str = "local",
+    method: str | None = None,
+) -> bool:
+    """Add u→v from raw probe samples (an RTT in ms per answered probe, None per lost one):
+    median RTT, loss, jitter as ping summarises them. No samples: adds nothing, returns False."""
+    from linkscope.probe import stats
+
+    answered = [s for s in samples if s is not None]
+    loss = stats.loss(len(samples), len(answered))
+    if loss is None:
+        return False
+    add_edge(
+        g,
+        u,
+        v,
+        rtt_ms=stats.percentile(answered, 50),
+        loss=loss,
+        jitter_ms=stats.jitter(answered) or 0.0,
+        measured_at=measured_at if measured_at is not None else time.time(),
+        source=source,
+        method=method,
+        probes=len(samples),
+    )
+    return True
+
+
 def mark_stale(
     g: nx.DiGraph, max_age_s: float, *, now: float | None = None
 ) -> list[tuple[str, str]]:
@@ -170,6 +209,11 @@ def mark_stale(
         if d["stale"]:
             stale.append((u, v))
     return stale
+
+
+def unaged(g: nx.DiGraph) -> list[tuple[str, str]]:
+    """Edges without a measurement time: ``mark_stale`` cannot age them (never marked stale)."""
+    return [(u, v) for u, v, at in g.edges(data="measured_at") if at is None]
 
 
 def relays(g: nx.DiGraph) -> list[str]:
@@ -431,10 +475,12 @@ __all__ = [
     "PingLike",
     "add_edge",
     "add_probe_edge",
+    "add_samples_edge",
     "graph_from_measurements",
     "graph_to_measurements",
     "mark_stale",
     "new_graph",
     "read_measurements",
     "relays",
+    "unaged",
 ]

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,10 +30,21 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No real inventory or history database leaks into these tests."""
+    """No real inventory or history database leaks into these tests, and no name is looked up
+    in DNS (a live plan resolves its target: here only addresses are allowed)."""
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     monkeypatch.setenv("COLUMNS", "120")
+    real = socket.getaddrinfo
+
+    def addresses_only(host: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            ipaddress.ip_address(str(host).strip("[]"))
+        except ValueError:
+            raise AssertionError(f"the test looked up the name {host!r}") from None
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", addresses_only)
 
 
 def test_plan_table(capsys: pytest.CaptureFixture[str]) -> None:
@@ -107,8 +122,34 @@ def test_stale_edges_warned(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     m.write_text(json.dumps(doc))
     code, out, err = run(["plan", "br", "--measurements", str(m), "--max-age", "10m"], capsys)
     assert code == 0
-    assert "5 edge(s) older than --max-age 10m" in err and "home→br" not in err.split(":")[0]
+    # every edge but the fresh one (home→br), and nothing else: all edges have a time
+    assert err.splitlines() == [
+        "linkscope: warning: 5 edge(s) older than --max-age 10m: home→mx, home→sh, mx→br, "
+        "sh→br, sh→mx"
+    ]
     assert "(stale)" in out
+    assert "home → br (direct) (stale)" not in out
+
+
+def test_edges_without_a_time_are_said_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--max-age cannot age an edge that has no measured_at: one warning says how many."""
+    doc = json.loads(BRAZIL.read_text())
+    doc["edges"][3]["measured_at"] = "2020-01-01T00:00:00Z"  # sh→br: old
+    m = tmp_path / "m.json"
+    m.write_text(json.dumps(doc))
+    code, out, err = run(["plan", "br", "--measurements", str(m), "--max-age", "10m"], capsys)
+    assert code == 0
+    assert "home → sh → br (stale)" in out and "home → sh → mx → br (stale)" not in out
+    assert err.splitlines() == [
+        "linkscope: warning: 1 edge(s) older than --max-age 10m: sh→br",
+        "linkscope: warning: 5 edge(s) have no measurement time and cannot be aged by "
+        "--max-age: home→br, home→mx, home→sh, mx→br, sh→mx",
+    ]
+    # without --max-age nothing is aged, so nothing is said
+    code, _, err = run(["plan", "br", "--measurements", str(m)], capsys)
+    assert code == 0 and err == ""
 
 
 def test_plan_is_recorded_in_the_history_db(
@@ -146,7 +187,25 @@ def write_bad(tmp_path: Path, text: str) -> Path:
         (["--measurements", "{none}"], 2, "cannot read measurements"),
         (["--measurements", "{brazil}", "--nodes", "{none}"], 2, "cannot read inventory"),
         (["--measurements", "{dead}"], 1, "no measured chain or direct path reaches 'br'"),
-        ([], 2, "cannot read inventory"),  # no measurements: the default inventory is needed
+        ([], 2, "cannot read inventory"),  # live: the default inventory is needed
+        (["--from-history"], 2, "cannot read inventory"),
+        (
+            ["--measurements", "{brazil}", "--from-history"],
+            2,
+            "give --measurements or --from-history, not both",
+        ),
+        (
+            ["--measurements", "{brazil}", "--count", "5"],
+            2,
+            "--count and --timeout are for live measurement",
+        ),
+        (["--nodes", "{inv}", "--count", "0"], 2, "--count must be at least 1"),
+        (["--nodes", "{inv}", "--timeout", "0"], 2, "--timeout must be positive"),
+        (["--nodes", "{inv}", "--via", "xx"], 2, "--via: unknown relay 'xx' (relays: sh)"),
+        (["--nodes", "{inv}", "--chain", "sh,sh"], 2, "--chain names a relay more than once"),
+        (["--nodes", "{inv}", "--optimize", "speed"], 2, "unknown cost model 'speed'"),
+        (["--nodes", "{inv}", "--max-hops", "-1"], 2, "--max-hops must be 0 or more"),
+        (["--nodes", "{inv}", "--from", "sh"], 2, "--from 'sh' is the name of a relay node"),
     ],
 )
 def test_plan_errors(
@@ -158,8 +217,13 @@ def test_plan_errors(
     dead.write_text(json.dumps({"source": "home", "edges": [
         {"from": "home", "to": "br", "rtt_ms": None, "loss": 1.0},
         {"from": "home", "to": "sh", "rtt_ms": 5, "loss": 0.0}]}))  # fmt: skip
+    key = tmp_path / "k.key"
+    key.write_text("ab" * 32 + "\n")
+    key.chmod(0o600)
+    inv = tmp_path / "nodes.toml"  # live plans with it are refused before any packet is sent
+    inv.write_text('[nodes.sh]\nhost = "127.0.0.2"\nport = 9\nkey_file = "k.key"\n')
     subst = {"{bad}": str(bad), "{brazil}": str(BRAZIL), "{none}": str(tmp_path / "none"),
-             "{dead}": str(dead)}  # fmt: skip
+             "{dead}": str(dead), "{inv}": str(inv)}  # fmt: skip
     argv = ["plan", "br", *[subst.get(a, a) for a in args]]
     got, out, err = run(argv, capsys)
     assert got == code
@@ -170,6 +234,44 @@ def test_plan_errors(
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("lines", "line", "reason"),
+    [
+        (['key_file = "k.key"', "prot = 7070"], 4,
+         "node 'sh': unknown key 'prot' (allowed: host, key_file, lat, lon, port)"),
+        (['key_file = "k.key"', "port = 70000"], 4,
+         "node 'sh': port must be an integer from 1 to 65535, not 70000"),
+        (['key_file = "k.key"', "port = 7070", "lat = 91.0", "lon = 0.0"], 5,
+         "node 'sh': lat must be a number from -90 to 90, not 91.0"),
+        (['key_file = "k.key"', "port = 7070", "", "[nodes.SH]", 'host = "127.0.0.3"',
+          "port = 1", 'key_file = "k.key"'], 6,
+         "duplicate node name 'SH' (differs from 'sh' only in case)"),
+        (["port = 7070", 'key_file = "missing.key"'], 4,
+         "node 'sh': key file {dir}/missing.key: cannot read key file: No such file"),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("mode", ["offline", "live"])
+def test_bad_inventory_exits_2_with_file_line_reason(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    lines: list[str],
+    line: int,
+    reason: str,
+    mode: str,
+) -> None:
+    """A bad inventory is one line, ``file:line: reason``, exit 2, before anything is measured."""
+    (tmp_path / "k.key").write_text("ab" * 32 + "\n")
+    (tmp_path / "k.key").chmod(0o600)
+    inv = tmp_path / "nodes.toml"
+    inv.write_text("\n".join(["[nodes.sh]", 'host = "127.0.0.2"', *lines]) + "\n")
+    args = ["--measurements", str(BRAZIL)] if mode == "offline" else []
+    code, out, err = run(["plan", "br", "--nodes", str(inv), *args], capsys)
+    assert code == 2 and out == ""
+    assert len(err.splitlines()) == 1, err  # one line, nothing measured before it
+    want = f"linkscope: error: {inv}:{line}: {reason.format(dir=tmp_path)}"
+    assert err.startswith(want), err
+
+
 def test_unknown_target(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(["plan", "nowhere", "--measurements", str(BRAZIL)], capsys)
     assert code == 2 and out == ""
@@ -177,7 +279,7 @@ def test_unknown_target(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_history_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Without --measurements, local edges come from this host's probes in the history store."""
+    """With --from-history, local edges come from this host's probes in the history store."""
     from linkscope.probe.models import PingStats, ProbeResult
     from linkscope.store import Store
 
@@ -192,17 +294,18 @@ def test_history_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
                              ("sh.example.net", (10.0, 11.0, 12.0, 10.5))):  # fmt: skip
             ping = PingStats(target, "192.0.2.1", "icmp-raw", rtts)
             store.record_probe(ProbeResult(target=target, address="192.0.2.1", ping=ping))
-    code, out, err = run(
-        ["plan", "br.example.net", "--nodes", str(inv), "--db", str(db), "--json"], capsys
-    )
+    hist = ["--nodes", str(inv), "--db", str(db), "--from-history"]
+    code, out, err = run(["plan", "br.example.net", *hist, "--json"], capsys)
     assert code == 0, err
     doc = json.loads(out)
     assert doc["direct"]["loss"] == 0.25 and doc["direct"]["rtt_ms"] == 305.0
     assert doc["chains"] == []  # sh→br is not in the history: no chain, said on stderr
-    assert "edges from relays are not in it" in err
-    code, out, err = run(
-        ["plan", "other.example.net", "--nodes", str(inv), "--db", str(db)], capsys
-    )
+    assert "edges" not in doc  # nothing was measured by this plan
+    assert err.splitlines() == [
+        "linkscope: warning: --from-history: using this host's probes from the history store; "
+        "edges from relays are not in it (measure live: leave out --from-history)"
+    ]
+    code, out, err = run(["plan", "other.example.net", *hist], capsys)
     assert code == 2 and "no measurement of 'other.example.net' in the history store" in err
 
 
@@ -218,3 +321,127 @@ def test_offline_subprocess_no_network(tmp_path: Path) -> None:
         pytest.skip(f"cannot make an empty network namespace here: {proc.stderr.strip()}")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["chains"][0]["hops"] == ["sh", "mx"]
+
+
+# -- live plans: real agents on loopback -----------------------------------------------------------
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def loopback_agents(tmp_path: Path) -> Iterator[Path]:
+    """Agents a (127.0.0.2) and b (127.0.0.3), each with its own key, and c (127.0.0.5) in the
+    inventory with nothing listening on its port; the inventory's path."""
+    procs: list[subprocess.Popen[str]] = []
+    lines = []
+    try:
+        for name, host in (("a", "127.0.0.2"), ("b", "127.0.0.3"), ("c", "127.0.0.5")):
+            key = tmp_path / f"{name}.key"
+            key.write_text(os.urandom(32).hex() + "\n")
+            key.chmod(0o600)
+            port = free_port(host)
+            lines += [f"[nodes.{name}]", f'host = "{host}"', f"port = {port}"]
+            lines += [f'key_file = "{key.name}"', ""]
+            if name == "c":
+                continue
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "linkscope", "agent", "--listen", f"{host}:{port}",
+                 "--key-file", str(key), "--allow", "127.0.0.0/8", "--probe-rate", "20"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            procs.append(proc)
+            assert proc.stderr is not None
+            line = proc.stderr.readline()
+            assert "agent listening on" in line, line
+        inv = tmp_path / "nodes.toml"
+        inv.write_text("\n".join(lines))
+        yield inv
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=10)
+
+
+TARGET = "127.0.0.4"
+
+
+def test_live_plan_measures_every_edge_through_the_agents(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], loopback_agents: Path
+) -> None:
+    """No --measurements: local pings to the target and the relays, and every relay edge asked
+    of the relay's agent; the agent that does not answer is named on stderr, in one line, and
+    the plan runs without its edges."""
+    from linkscope.store import Store
+
+    db = tmp_path / "h.db"
+    argv = ["plan", TARGET, "--nodes", str(loopback_agents), "--db", str(db), "--json"]
+    code, out, err = run([*argv, "--count", "5", "--alternatives", "9"], capsys)
+    assert code == 0, err
+    doc = json.loads(out)
+    edges = {(e["from"], e["to"]): e for e in doc["edges"]}
+    local = {k for k, e in edges.items() if e["source"] == "local"}
+    assert local == {("local", TARGET), ("local", "a"), ("local", "b"), ("local", "c")}
+    assert all(edges[k]["method"].startswith(("icmp-", "tcp-connect")) for k in local)
+    by_agent = {k: e["method"] for k, e in edges.items() if e["source"] == "agent"}
+    assert by_agent == {
+        ("a", TARGET): "agent a", ("a", "b"): "agent a", ("a", "c"): "agent a",
+        ("b", TARGET): "agent b", ("b", "a"): "agent b", ("b", "c"): "agent b",
+    }  # fmt: skip
+    for e in edges.values():  # loopback: every probe answered
+        assert e["probes"] == 5 and e["loss"] == 0.0 and e["rtt_ms"] < 50
+    assert doc["direct"]["loss"] == 0.0
+    assert sorted(c["hops"] for c in doc["chains"]) == [["a"], ["a", "b"], ["b"], ["b", "a"]]
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("linkscope: warning: agent c did not answer (")
+    assert lines[0].endswith("): planning without its edges")
+    with Store.open(db) as store:  # recorded as every plan is
+        assert [r["hops"] for r in store.plans(target=TARGET)][:1] == [""]
+
+    # the table says what measured each edge
+    code, out, err = run([*argv[:-1], "--count", "3", "--via", "a", "--from", "here"], capsys)
+    assert code == 0, err
+    assert "measured edges" in out and "here → a" in out and "agent a" in out
+    assert "here → b" not in out  # --via a: only a is measured
+    assert "plan here → 127.0.0.4" in out
+    assert err == ""  # c is not a candidate, so not asked
+
+    # more probes than one agent request carries: rounds of 100, their samples pooled
+    code, out, err = run([*argv, "--count", "101", "--chain", "b"], capsys)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert {(e["from"], e["to"]): e["probes"] for e in doc["edges"]} == {
+        ("local", TARGET): 101, ("local", "b"): 101, ("b", TARGET): 101,
+    }  # fmt: skip
+    assert [c["hops"] for c in doc["chains"]] == [["b"]]
+
+
+@pytest.mark.parametrize(
+    ("count", "rounds"),
+    [(1, [1]), (10, [10]), (100, [100]), (101, [100, 1]), (250, [100, 100, 50])],
+)
+def test_probe_batches(count: int, rounds: list[int]) -> None:
+    from linkscope.cli.plan import AGENT_MAX_PROBES, probe_batches
+
+    assert probe_batches(count) == rounds and max(rounds) <= AGENT_MAX_PROBES
+
+
+def test_live_plan_without_any_agent_is_direct_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = tmp_path / "k.key"
+    key.write_text("ab" * 32 + "\n")
+    key.chmod(0o600)
+    inv = tmp_path / "nodes.toml"
+    port = free_port("127.0.0.6")  # nothing listens there
+    inv.write_text(f'[nodes.z]\nhost = "127.0.0.6"\nport = {port}\nkey_file = "k.key"\n')
+    argv = ["plan", TARGET, "--nodes", str(inv), "--db", str(tmp_path / "h.db"), "--json"]
+    code, out, err = run([*argv, "--count", "3"], capsys)
+    assert code == 0, err  # the direct path was measured: a plan, exit 0
+    doc = json.loads(out)
+    assert doc["chains"] == [] and doc["direct"]["loss"] == 0.0
+    assert [(e["from"], e["to"]) for e in doc["edges"]] == [("local", TARGET), ("local", "z")]
+    assert len(err.splitlines()) == 1 and "agent z did not answer" in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,12 +11,13 @@ import pytest
 from PIL import Image
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "linkscope", *args],
         capture_output=True,
         text=True,
         timeout=60,
+        env={**os.environ, **(env or {})},
         check=False,
     )
 
@@ -71,3 +73,56 @@ def test_plan_plot_writes_a_png_and_records_the_plan(tmp_path: Path) -> None:
 
     with Store.open(db) as store:
         assert store.plans()  # the ranked chains are in the history
+
+
+@pytest.fixture(scope="module")
+def dbip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DB-IP-typed City database that places loopback in London (as a user's own database
+    may place private addresses), so a probe of 127.0.0.1 has a located hop."""
+    import mmdb_writer
+    from netaddr import IPSet
+
+    d = tmp_path_factory.mktemp("dbip")
+    writer = mmdb_writer.MMDBWriter(
+        ip_version=6,
+        database_type="DBIP-City-Lite",
+        languages=["en"],
+        description="DB-IP.com - IP to City",
+        ipv4_compatible=True,
+    )
+    writer.insert_network(
+        IPSet(["127.0.0.0/8"]),
+        {"city": {"names": {"en": "London"}}, "location": {"latitude": 51.5, "longitude": -0.1}},
+    )
+    writer.to_db_file(str(d / "dbip-city-lite.mmdb"))
+    return d
+
+
+@pytest.fixture
+def svg_text_env(tmp_path: Path) -> dict[str, str]:
+    """Keep an SVG's text as <text> (matplotlib draws glyphs as paths by default), so a test can
+    read what a written figure says; the embedded geo data unpacks into a private cache."""
+    rc = tmp_path / "matplotlibrc"
+    rc.write_text("svg.fonttype: none\n")
+    return {"MATPLOTLIBRC": str(rc), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+
+
+def test_probe_plot_credits_db_ip_when_its_data_is_shown(
+    tmp_path: Path, dbip_dir: Path, svg_text_env: dict[str, str]
+) -> None:
+    """DB-IP Lite is CC BY 4.0: "IP Geolocation by DB-IP" wherever its results are shown, the
+    picture included, as the CLI's own output does; and only then."""
+    from linkscope.geo import DBIP_ATTRIBUTION
+
+    out = tmp_path / "probe.svg"
+    args = ("probe", "127.0.0.1", "-c", "2", "-i", "0.05", "-n", "--plot", str(out))
+    res = run(*args, "--geoip", str(dbip_dir), env=svg_text_env)
+    assert res.returncode == 0, res.stderr
+    assert DBIP_ATTRIBUTION in res.stdout  # the CLI's footer...
+    svg = out.read_text(encoding="utf-8")
+    assert "London" in svg  # the located hop is labelled with its city...
+    assert svg.count(DBIP_ATTRIBUTION) == 1  # ...and the figure credits the database
+    res = run(*args, "--no-geo", env=svg_text_env)
+    assert res.returncode == 0, res.stderr
+    svg = out.read_text(encoding="utf-8")
+    assert "London" not in svg and "DB-IP" not in svg

@@ -1,5 +1,10 @@
 """The planner on the Brazil lab: plan from real measurements, then check the chain it picked.
 
+Two ways in: ``plan_chains`` on edges measured with iputils ping (below), and the real CLI,
+``linkscope plan br --via sh,mx`` run in home, measuring live through agents on sh and mx
+(``test_cli_plan_brazil_via_sh_mx``). A private three-node lab checks the TCP fallback for a
+relay that answers no ICMP (``test_cli_plan_tcp_fallback_when_a_relay_filters_icmp``).
+
 1. Every edge the plan needs (home→sh, home→mx, home→br, sh→mx, sh→br, mx→br) is measured by
    running ``ping`` (1,000 echoes, 2 ms apart) inside the source node's namespace; the
    measurements become a DESIGN.md measurements document, then the graph, then the plan.
@@ -17,7 +22,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
+import os
 import re
 import statistics
 import subprocess
@@ -25,12 +33,13 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from linkscope.graph import graph_from_measurements
-from linkscope.lab import Lab
+from linkscope.lab import Lab, parse_topology
 from linkscope.plan import plan_chains
 
 pytestmark = [pytest.mark.lab, pytest.mark.root]
@@ -167,7 +176,7 @@ def processes() -> Iterator[list[subprocess.Popen[str]]]:
 
 
 def loss_through_chain(
-    lab: Lab, hops: tuple[str, ...], procs: list[subprocess.Popen[str]]
+    lab: Lab, hops: tuple[str, ...], procs: list[subprocess.Popen[str]], count: int = COUNT
 ) -> dict[str, Any]:
     """Datagrams home → hops... → br (UDP echo) and back, relayed by a forwarder on each hop."""
     path = [*hops, "br"]
@@ -183,8 +192,8 @@ def loss_through_chain(
         )
     res = lab.exec(
         "home",
-        [sys.executable, "-c", CLIENT, lab.address(hops[0]), str(PORT), str(COUNT), str(INTERVAL)],
-        timeout=COUNT * INTERVAL + 30,
+        [sys.executable, "-c", CLIENT, lab.address(hops[0]), str(PORT), str(count), str(INTERVAL)],
+        timeout=count * INTERVAL + 30,
         check=True,
     )
     out: dict[str, Any] = json.loads(res.stdout)
@@ -227,3 +236,187 @@ def test_plan_brazil_via_sh_mx(brazil_lab: Lab, processes: list[subprocess.Popen
         f"{measured['loss']:.3f} (rtt p50 {measured['rtt_p50_ms']} ms, predicted "
         f"{best.rtt_ms:.1f} ms); direct loss {direct['loss']:.3f}"
     )
+
+
+# -- the real CLI, measuring live through the agents ----------------------------------------------
+PY = sys.executable
+AGENT_PORT = 7171
+CLI_PROBES = 500  # probes per edge (5 agent rounds of 100): see the bound's check below
+CHAIN_DATAGRAMS = 2000  # through the chosen chain, for the measured loss
+
+
+def start_agents(lab: Lab, names: list[str], tmp: Path) -> tuple[Path, list[subprocess.Popen[Any]]]:
+    """An agent on each node (its own key, targets in the lab allowed), as test_auto_lab starts
+    them; the inventory naming them, and the processes."""
+    procs: list[subprocess.Popen[Any]] = []
+    lines: list[str] = []
+    for name in names:
+        key = tmp / f"{name}.key"
+        key.write_text(os.urandom(32).hex() + "\n")
+        key.chmod(0o600)
+        lines += [f"[nodes.{name}]", f'host = "{lab.address(name)}"', f"port = {AGENT_PORT}"]
+        lines += [f'key_file = "{key.name}"', ""]
+        procs.append(
+            lab.popen(
+                name,
+                [PY, "-m", "linkscope", "agent", "--listen", f"{lab.address(name)}:{AGENT_PORT}",
+                 "--key-file", str(key), "--allow", "198.18.0.0/15", "--probe-rate", "20"],
+                stdout=subprocess.DEVNULL,
+                stderr=open(tmp / f"agent-{name}.log", "w"),  # noqa: SIM115
+            )
+        )  # fmt: skip
+    inventory = tmp / "nodes.toml"
+    inventory.write_text("\n".join(lines))
+    for name in names:
+        deadline = time.monotonic() + 30
+        while not lab.exec(name, ["ss", "-Hltn", f"sport = :{AGENT_PORT}"], timeout=5).stdout:
+            assert time.monotonic() < deadline, f"no agent listening on {name}"
+            time.sleep(0.2)
+    return inventory, procs
+
+
+def cli_plan(lab: Lab, node: str, args: list[str], timeout: float) -> tuple[dict[str, Any], str]:
+    res = lab.exec(node, [PY, "-m", "linkscope", "plan", *args, "--json"], timeout=timeout)
+    assert res.returncode == 0, res.stderr
+    doc: dict[str, Any] = json.loads(res.stdout)  # one JSON document on stdout
+    return doc, res.stderr
+
+
+def predicted_sd(segment_losses: list[tuple[float, int]]) -> float:
+    """Standard deviation of 1 - prod(1 - p_i) when each p_i is a fraction of n_i probes (delta
+    method: binomial variance of each p_i, weighted by the product of the others)."""
+    var = 0.0
+    for i, (p, n) in enumerate(segment_losses):
+        others = math.prod(1 - q for j, (q, _) in enumerate(segment_losses) if j != i)
+        var += others**2 * p * (1 - p) / n
+    return math.sqrt(var)
+
+
+def test_cli_plan_brazil_via_sh_mx(
+    brazil_lab: Lab, processes: list[subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    """`linkscope plan br --via sh,mx` in home, measuring live (home's pings; sh's and mx's
+    agents for their edges), under interactive and loss: a chain through sh ranks above direct,
+    and each chosen chain's predicted loss is within 5 points of the loss then measured
+    through it (CHAIN_DATAGRAMS datagrams relayed hop by hop, as in the test above)."""
+    lab = brazil_lab
+    inventory, agents = start_agents(lab, ["sh", "mx"], tmp_path)
+    processes.extend(agents)
+    db = str(tmp_path / "h.db")
+    base = ["br", "--via", "sh,mx", "--nodes", str(inventory), "--from", "home",
+            "--count", str(CLI_PROBES), "--alternatives", "5", "--db", db]  # fmt: skip
+    chosen: dict[str, dict[str, Any]] = {}
+    docs: dict[str, dict[str, Any]] = {}
+    for model in ("interactive", "loss"):
+        t0 = time.monotonic()
+        doc, err = cli_plan(lab, "home", [*base, "--optimize", model], timeout=300)
+        took = time.monotonic() - t0
+        assert err == "", err  # both agents answered, every edge was measured
+        docs[model] = doc
+        edges = {(e["from"], e["to"]): e for e in doc["edges"]}
+        assert set(edges) == {*SEGMENTS, ("mx", "sh")}, sorted(edges)  # every edge of the mesh
+        for (u, _), e in edges.items():
+            assert e["probes"] == CLI_PROBES
+            assert e["method"] == ("icmp-raw" if u == "home" else f"agent {u}"), e
+        ranked = [tuple(c["hops"]) for c in doc["chains"]]
+        # every subset and order of {sh, mx}
+        assert sorted(ranked) == [("mx",), ("mx", "sh"), ("sh",), ("sh", "mx")], ranked
+        direct = doc["direct"]
+        assert direct["loss"] > 0.25, direct  # the scenario: the default path is lossy
+        via_sh = next(c for c in doc["chains"] if "sh" in c["hops"])
+        # a chain through sh ranks above direct: cheaper under the model, a positive gain
+        assert via_sh["gain"] > 0 and via_sh["cost"] < direct["cost"], (model, doc)
+        if model == "loss":
+            assert via_sh["loss"] < direct["loss"]
+        chosen[model] = via_sh
+        print(f"\nplan --optimize {model} ({took:.0f} s): {[c['hops'] for c in doc['chains']]};"
+              f" chain through sh {via_sh['hops']} cost {via_sh['cost']}, direct "
+              f"{direct['cost']}")  # fmt: skip
+
+    through: dict[tuple[str, ...], dict[str, Any]] = {}
+    for model, chain in chosen.items():
+        hops = tuple(chain["hops"])
+        edges = {(e["from"], e["to"]): e for e in docs[model]["edges"]}
+        segs = list(itertools.pairwise(("home", *hops, "br")))
+        # Is 5 points a sound bound with these counts? The predicted loss comes from
+        # CLI_PROBES probes per segment, the measured one from CHAIN_DATAGRAMS datagrams: the
+        # bound must be at least 3 standard deviations of their difference.
+        sd_pred = predicted_sd([(edges[s]["loss"], edges[s]["probes"]) for s in segs])
+        p = chain["loss"]
+        sd_diff = math.sqrt(sd_pred**2 + p * (1 - p) / CHAIN_DATAGRAMS)
+        assert 3 * sd_diff <= 0.05, (sd_pred, sd_diff)
+        if hops not in through:
+            through[hops] = loss_through_chain(lab, hops, processes, count=CHAIN_DATAGRAMS)
+            stop(processes, keep=agents)  # the forwarders and the echo of this measurement
+        measured = through[hops]
+        print(f"{model}: chain {'→'.join(hops)}: predicted loss {p:.3f} (sd {sd_pred:.3f}), "
+              f"measured through the chain {measured['loss']:.3f} over {measured['sent']} "
+              f"datagrams (rtt p50 {measured['rtt_p50_ms']} ms, predicted {chain['rtt_ms']} ms); "
+              f"bound 0.05 = {0.05 / sd_diff:.1f} sd; direct loss "
+              f"{docs[model]['direct']['loss']:.3f}")  # fmt: skip
+        assert abs(p - measured["loss"]) <= 0.05, (chain, measured)
+
+
+def stop(procs: list[subprocess.Popen[Any]], keep: list[subprocess.Popen[Any]]) -> None:
+    """Stop the forwarders and the echo server of one measurement (not the agents)."""
+    for p in [p for p in procs if p not in keep]:
+        p.kill()
+        p.wait(timeout=10)
+        procs.remove(p)
+
+
+FILTERED = """
+[nodes.home]
+[nodes.relay]
+[nodes.far]
+[[links]]
+a = "home"
+b = "relay"
+delay_ms = 5.0
+[[links]]
+a = "relay"
+b = "far"
+delay_ms = 5.0
+[[links]]
+a = "home"
+b = "far"
+delay_ms = 30.0
+"""
+
+
+def test_cli_plan_tcp_fallback_when_a_relay_filters_icmp(lab_factory: Any, tmp_path: Path) -> None:
+    """A relay that answers no ICMP echo (as many do) is still measured from here: by TCP
+    connects to its agent port, and the output says so; its own edges come from its agent."""
+    lab: Lab = lab_factory(parse_topology(FILTERED))
+    lab.exec("relay", ["sysctl", "-qw", "net.ipv4.icmp_echo_ignore_all=1"], check=True)
+    assert lab.exec("home", ["ping", "-c", "2", "-W", "1", "relay"]).returncode != 0
+    inventory, procs = start_agents(lab, ["relay"], tmp_path)
+    try:
+        doc, err = cli_plan(
+            lab, "home", ["far", "--nodes", str(inventory), "--optimize", "latency",
+                          "--db", str(tmp_path / "h.db")], timeout=60,
+        )  # fmt: skip
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=10)
+    assert err == ""
+    edges = {(e["from"], e["to"]): e for e in doc["edges"]}
+    to_relay = edges[("local", "relay")]
+    assert to_relay["method"] == f"tcp-connect :{AGENT_PORT} (no ICMP answer)"
+    assert to_relay["loss"] == 0.0 and 10.0 <= to_relay["rtt_ms"] < 20.0, to_relay
+    assert edges[("local", "far")]["method"] == "icmp-raw"
+    assert 60.0 <= edges[("local", "far")]["rtt_ms"] < 70.0
+    assert edges[("relay", "far")]["method"] == "agent relay"
+    assert 10.0 <= edges[("relay", "far")]["rtt_ms"] < 20.0
+    assert doc["chains"][0]["hops"] == ["relay"] and doc["chains"][0]["gain"] > 30
+    # and the table names the method
+    res = lab.exec(
+        "home",
+        [PY, "-m", "linkscope", "plan", "far", "--nodes", str(inventory), "--count", "2",
+         "--db", str(tmp_path / "h.db")],
+        timeout=60, env={"COLUMNS": "160"},
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "local → relay" in res.stdout and "tcp-connect :7171 (no ICMP answer)" in res.stdout
+    assert "did not answer" in res.stderr  # the agent is stopped now: said, and planned without

@@ -296,12 +296,33 @@ def test_load_plans_one_row_per_ranked_chain(history: dict[str, Any]) -> None:
 def test_load_decisions_flattens_predicted_and_observed(history: dict[str, Any]) -> None:
     df = analysis.load_decisions(history["path"])
     assert list(df.columns)[:4] == list(analysis.DECISIONS_COLUMNS)
+    # every column's dtype: the fixed ones, then one per recorded key (numbers float64, others
+    # string; a key that is only ever null is a number column)
+    flat = {
+        "predicted_hops": "string",
+        "predicted_rtt_ms": "float64",
+        "predicted_loss": "float64",
+        "predicted_cost": "float64",
+        "predicted_gain": "float64",
+        "observed_chain_up_p50_ms": "float64",
+        "observed_segments_rtt_ms": "float64",
+        "predicted_kind": "string",
+        "predicted_chain": "string",
+        "predicted_streak": "float64",
+        "predicted_previous": "float64",
+        "predicted_predicted_hops": "string",
+        "predicted_predicted_rtt_ms": "float64",
+        "predicted_predicted_loss": "float64",
+        "predicted_predicted_cost": "float64",
+        "predicted_predicted_gain": "float64",
+    }
+    assert dtypes(df) == {**analysis.DECISIONS_COLUMNS, **flat}
+    assert list(df.columns) == [*analysis.DECISIONS_COLUMNS, *flat]
     assert len(df) == 3
+    assert df["id"].tolist() == sorted(set(df["id"].tolist()))  # one row per decision
     assert list(df["chain"]) == ["sh,mx", "sh", "sh,mx"]
-    assert list(df["reason"])[:2] == ["switch", "failover"]
-    assert str(df["predicted_rtt_ms"].dtype) == "float64"
+    assert list(df["reason"]) == ["switch", "failover", "switch: gain 0.6 over 3 rounds"]
     assert df["predicted_rtt_ms"].tolist()[:2] == [301.0, 321.0]
-    assert str(df["predicted_hops"].dtype) == "string"
     assert df["observed_chain_up_p50_ms"].iloc[0] == 320.5
     assert math.isnan(df["observed_chain_up_p50_ms"].iloc[1])
     auto = df.iloc[2]  # relay --auto's shape: nested prediction, per-segment list left out
@@ -312,7 +333,7 @@ def test_load_decisions_flattens_predicted_and_observed(history: dict[str, Any])
     assert "observed_segments" not in df.columns
     assert str(df["at"].dtype) == "datetime64[ns, UTC]"
     empty = analysis.load_decisions(history["path"], since=T0 + 10 * HOUR)
-    assert empty.empty and list(empty.columns) == list(analysis.DECISIONS_COLUMNS)
+    assert empty.empty and dtypes(empty) == analysis.DECISIONS_COLUMNS
 
 
 def test_load_edges_from_document_file_and_graph(tmp_path: Path) -> None:
@@ -548,8 +569,8 @@ def test_plot_helpers_take_a_real_loopback_probe(history: dict[str, Any], tmp_pa
 def test_plot_for_trace_and_plan_write_pngs(history: dict[str, Any], tmp_path: Path) -> None:
     trace = history["probes"][0].trace.to_dict()
     is_png(analysis.plot_for_trace(trace, tmp_path / "trace.png").read_bytes())
-    svg = analysis.plot_for_trace(trace, tmp_path / "trace.svg").read_text()
-    assert "São Paulo" in svg or "S\u00e3o Paulo" in svg or "<svg" in svg
+    svg = svg_text(analysis.plot_for_trace(trace, tmp_path / "trace.svg"))
+    assert "São Paulo" in svg  # the hop labels name the located hops' cities
     is_png(analysis.plot_for_plan(PLAN, tmp_path / "plan.png").read_bytes())
     with pytest.raises(NoData, match="no hops"):
         analysis.plot_for_trace({**trace, "hops": []}, tmp_path / "t.png")
@@ -559,6 +580,67 @@ def test_plot_for_trace_and_plan_write_pngs(history: dict[str, Any], tmp_path: P
         analysis.plot_for_plan(PLAN, tmp_path / "no-such-dir" / "plan.png")
     with pytest.raises(InputError, match="cannot write plot"):
         analysis.plot_for_plan(PLAN, tmp_path / "plan.unknownformat")
+
+
+def svg_text(path: Path) -> str:
+    """What an SVG the analysis wrote says (its text is text: see ``_svg_text_as_text``)."""
+    return path.read_text(encoding="utf-8")
+
+
+@pytest.fixture(autouse=True)
+def _svg_text_as_text() -> Iterator[None]:
+    """SVGs keep their text as <text> (matplotlib draws glyphs as paths by default), so a test
+    can search what a figure says."""
+    import matplotlib
+
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        yield
+
+
+def test_geo_attribution_under_figures_that_show_located_hops(
+    history: dict[str, Any], tmp_path: Path
+) -> None:
+    """DB-IP Lite (CC BY 4.0) asks for "IP Geolocation by DB-IP" wherever its results are shown:
+    under the trace panel (city labels) and the map, when the document's geo block says so."""
+    from linkscope.geo import DBIP_ATTRIBUTION
+
+    probe = history["probes"][0].to_dict()
+    trace = probe["trace"]
+    geo = {"sources": [], "attribution": DBIP_ATTRIBUTION, "warnings": [], "hint": None}
+    credited = svg_text(analysis.plot_for_trace({**trace, "geo": geo}, tmp_path / "t.svg"))
+    assert "São Paulo" in credited
+    assert credited.count(DBIP_ATTRIBUTION) == 2  # the per-hop panel and the map
+    # no geo block (or no database that asks for credit): nothing is printed
+    plain = svg_text(analysis.plot_for_trace(trace, tmp_path / "plain.svg"))
+    assert "São Paulo" in plain and "DB-IP" not in plain
+    unowed = {**geo, "attribution": None}
+    assert "DB-IP" not in svg_text(
+        analysis.plot_for_trace({**trace, "geo": unowed}, tmp_path / "unowed.svg")
+    )
+    # nothing located: no geo is shown, so none is credited, whatever the databases were
+    bare = [{k: (None if k in ("city", "country", "asn", "org", "lat", "lon") else v)
+             for k, v in hop.items()} for hop in trace["hops"]]  # fmt: skip
+    unlocated = svg_text(
+        analysis.plot_for_trace({**trace, "hops": bare, "geo": geo}, tmp_path / "bare.svg")
+    )
+    assert "São Paulo" not in unlocated and "DB-IP" not in unlocated
+    # probe --plot: the trace panel of a probe document carries it too (the pings panel has no
+    # geo, so once)
+    probed = svg_text(analysis.plot_for_probe({**probe, "geo": geo}, tmp_path / "p.svg"))
+    assert probed.count(DBIP_ATTRIBUTION) == 1
+    # the plots themselves, from the history's frame
+    hops = analysis.load_traces(history["path"], target="br")
+    for fig in (
+        analysis.plot_trace(hops, attribution=DBIP_ATTRIBUTION),
+        analysis.plot_path_map(hops, attribution=DBIP_ATTRIBUTION),
+    ):
+        out = tmp_path / "fig.svg"
+        analysis.save(fig, out)
+        assert svg_text(out).count(DBIP_ATTRIBUTION) == 1
+    demo = analysis.render_demo_figure(
+        history["path"], tmp_path / "demo.svg", target="br", attribution=DBIP_ATTRIBUTION
+    )
+    assert svg_text(demo).count(DBIP_ATTRIBUTION) == 2
 
 
 def test_render_demo_figure(history: dict[str, Any], tmp_path: Path) -> None:

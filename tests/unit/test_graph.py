@@ -14,11 +14,13 @@ from linkscope.errors import ConfigError, ExitStatus
 from linkscope.graph import (
     add_edge,
     add_probe_edge,
+    add_samples_edge,
     graph_from_measurements,
     graph_to_measurements,
     mark_stale,
     new_graph,
     relays,
+    unaged,
 )
 from linkscope.probe.models import PingStats
 
@@ -112,6 +114,43 @@ def test_add_probe_edge_from_ping_stats() -> None:
     assert not g.has_edge("home", "mx")  # nothing sent: nothing known
     add_probe_edge(g, "home", "br", PingStats("br", "x", "icmp-raw", (None, None)))
     assert g.edges["home", "br"]["loss"] == 1.0 and g.edges["home", "br"]["rtt_ms"] is None
+
+
+@pytest.mark.parametrize(
+    ("samples", "added", "rtt", "loss", "jitter"),
+    [
+        ([10.0, None, 12.0, 11.0], True, 11.0, 0.25, 1.5),  # jitter: |12-10|, |11-12| → 1.5
+        ([5.0], True, 5.0, 0.0, 0.0),
+        ([None, None], True, None, 1.0, 0.0),  # sent, nothing came back: total loss
+        ([], False, None, None, None),  # nothing sent (e.g. its agent did not answer): absent
+    ],
+)
+def test_add_samples_edge_summarises_like_ping(
+    samples: list[float | None], added: bool, rtt: float | None, loss: float | None, jitter: Any
+) -> None:
+    g = new_graph("home")
+    got = add_samples_edge(
+        g, "home", "sh", samples, measured_at=7.0, source="local", method="icmp-raw"
+    )
+    assert got is added and g.has_edge("home", "sh") is added
+    if added:
+        d = g.edges["home", "sh"]
+        assert (d["rtt_ms"], d["loss"], d["jitter_ms"]) == (rtt, loss, jitter)
+        assert d["measured_at"] == 7.0 and d["source"] == "local"
+        assert d["method"] == "icmp-raw" and d["probes"] == len(samples)
+        ping = PingStats("sh", "x", "icmp-raw", tuple(samples))  # the same figures as ping's
+        assert (d["rtt_ms"], d["loss"]) == (ping.rtt_p50_ms, ping.loss)
+
+
+def test_unaged_edges_are_listed_and_never_marked_stale() -> None:
+    g = new_graph("a")
+    add_edge(g, "a", "b", rtt_ms=1.0, loss=0.0, measured_at=1.0)
+    add_edge(g, "a", "c", rtt_ms=1.0, loss=0.0)
+    add_edge(g, "b", "c", rtt_ms=1.0, loss=0.0)
+    assert mark_stale(g, 10.0, now=100.0) == [("a", "b")]
+    assert sorted(unaged(g)) == [("a", "c"), ("b", "c")]
+    assert not g.edges["a", "c"]["stale"]
+    assert g.edges["a", "c"]["method"] is None and g.edges["a", "c"]["probes"] is None
 
 
 def test_example_measurements_load() -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 from rich.console import Console
 from rich.table import Table
 
@@ -87,6 +90,27 @@ def render_plan(plan: Plan, console: Console | None = None) -> None:
     con.print(summary(plan))
 
 
+def render_measured(edges: Sequence[Mapping[str, Any]], console: Console | None = None) -> None:
+    """The edges a live plan measured, and how: each local edge's method (ICMP, or a TCP
+    connect to the agent port), and which agent measured each relay edge."""
+    con = console or Console()
+    table = Table(show_edge=False, title="measured edges", title_justify="left")
+    table.add_column("edge")
+    table.add_column("measured by")
+    table.add_column("probes", justify="right")
+    table.add_column("RTT ms", justify="right")
+    table.add_column("loss", justify="right")
+    for e in edges:
+        table.add_row(
+            f"{e['from']} → {e['to']}",
+            str(e.get("method") or e.get("source") or "-"),
+            "-" if e.get("probes") is None else str(e["probes"]),
+            _rtt(e.get("rtt_ms")),
+            _loss(float(e["loss"])),
+        )
+    con.print(table)
+
+
 def summary(plan: Plan) -> str:
     """One sentence: which path wins, by how much, or why no gain can be given."""
     best = plan.best
@@ -104,4 +128,11 @@ def summary(plan: Plan) -> str:
     return f"Direct is best: the best chain, {label}, is {format_gain(best.gain, plan.unit)}."
 
 
-__all__ = ["chain_label", "format_cost", "format_gain", "render_plan", "summary"]
+__all__ = [
+    "chain_label",
+    "format_cost",
+    "format_gain",
+    "render_measured",
+    "render_plan",
+    "summary",
+]
