@@ -11,6 +11,29 @@ from linkscope.cli.app import app
 from linkscope.errors import ExitStatus, LinkscopeError
 
 
+def leaf_errors(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The exceptions inside ``group`` and its nested groups, in order (TaskGroups nest them)."""
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            out.extend(leaf_errors(exc))
+        else:
+            out.append(exc)
+    return out
+
+
+def group_failure(group: BaseExceptionGroup[BaseException]) -> tuple[str, ExitStatus] | None:
+    """One line and the most severe exit status for a group made only of LinkscopeErrors
+    (e.g. several targets of one `probe` failing at once); None if anything else is inside,
+    which is a bug and keeps its traceback."""
+    errors = leaf_errors(group)
+    if not errors or not all(isinstance(e, LinkscopeError) for e in errors):
+        return None
+    messages = list(dict.fromkeys(str(e) for e in errors))
+    status = max(e.exit_status for e in errors if isinstance(e, LinkscopeError))
+    return "; ".join(messages), status
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `linkscope` console script; never shows a traceback for user errors."""
     try:
@@ -27,6 +50,12 @@ def main(argv: list[str] | None = None) -> None:
     except LinkscopeError as exc:
         print(f"linkscope: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_status)
+    except BaseExceptionGroup as group:  # raised out of asyncio.TaskGroups
+        failure = group_failure(group)
+        if failure is None:
+            raise
+        print(f"linkscope: error: {failure[0]}", file=sys.stderr)
+        sys.exit(failure[1])
     except KeyboardInterrupt:
         print("linkscope: interrupted", file=sys.stderr)
         sys.exit(ExitStatus.INTERRUPTED)
@@ -35,4 +64,4 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(int(rv) if isinstance(rv, int) else ExitStatus.OK)
 
 
-__all__ = ["app", "main"]
+__all__ = ["app", "group_failure", "leaf_errors", "main"]

@@ -150,7 +150,7 @@ def exec_(
         raise typer.Exit(127)  # what a shell returns for a missing command
     argv = ["ip", "netns", "exec", lab.netns(node), *command]
     try:
-        rc = subprocess.call(argv)
+        rc = subprocess.call(argv, env=lab.environ())  # the lab's GeoIP data, see Lab.environ
     except FileNotFoundError as exc:
         raise LabError("ip not found: install iproute2") from exc
     raise typer.Exit(rc)

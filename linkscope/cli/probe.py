@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import socket
 import sys
@@ -83,6 +82,13 @@ def _geo_footer(geo: Any, located: bool) -> str | None:
     return None
 
 
+def _warn_geo(geo: Any) -> None:
+    """Discovery's warnings (e.g. a user database older than the embedded data), one line each
+    on stderr; the JSON output carries them in ``geo.warnings`` instead."""
+    for warning in geo.warnings if geo is not None else ():
+        print(f"linkscope: warning: {warning}", file=sys.stderr)
+
+
 def _run_with_stop(main: Callable[[asyncio.Event], Any]) -> Any:
     """Run ``main(stop)``; the first Ctrl-C sets ``stop`` (finish with partial results), the
     second cancels outright."""
@@ -153,27 +159,34 @@ def probe(
     (partial results are printed and stored).
     """
     from linkscope.cli.render import probe as render
-    from linkscope.probe.icmp import check_ping_args
     from linkscope.probe.resolve import resolve_async
-    from linkscope.probe.target import probe_target
-    from linkscope.probe.trace import check_trace_args
+    from linkscope.probe.target import check_probe_args, probe_target
     from linkscope.store import Store
 
     names = read_targets(targets or [], file)
     family = address_family(ipv4, ipv6)
     check_plot_path(plot)
-    check_ping_args(count, interval, timeout)
-    if not no_trace:
-        check_trace_args(protocol, probes, max_ttl, timeout)
-    for p in port:
-        if not 0 < p < 65536:
-            raise InputError(f"--port must be within 1..65535, not {p}")
-    if attempts < 1:
-        raise InputError(f"--attempts must be at least 1, not {attempts}")
+    check_probe_args(
+        count=count,
+        interval=interval,
+        timeout=timeout,
+        ports=port,
+        tcp_attempts=attempts,
+        with_trace=not no_trace,
+        protocol=protocol,
+        probes=probes,
+        max_ttl=max_ttl,
+        trace_timeout=timeout,
+        method=method,
+        tcp_method=tcp_method,
+        trace_method=trace_method,
+    )
     if concurrency < 1:
         raise InputError(f"--concurrency must be at least 1, not {concurrency}")
     geo = _geo_lookup(geoip, not no_geo, city_db, asn_db)
     store = Store.open(db)
+    if not json_out:
+        _warn_geo(geo)
 
     async def main(stop: asyncio.Event) -> list[Any]:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -283,6 +296,21 @@ def _annotate(result: Any, geo: Any) -> Any:
     return replace(annotated, geometry=phrase)
 
 
+def _annotate_trace(trace: Any, geo: Any) -> tuple[Any, dict[str, float | None]]:
+    """Hops located (with distance_km), and floor/detour/inflation as `probe` computes them,
+    from where the user is to the target; a failed lookup is one line on stderr."""
+    from linkscope.geo.annotate import annotate_trace_geometry, local_source
+    from linkscope.probe.models import geometry_figures
+
+    try:
+        source = local_source(geo, trace.address) if trace.address else None
+        annotated, shape = annotate_trace_geometry(trace, geo, source=source)
+    except LinkscopeError as exc:
+        print(f"linkscope: warning: geo lookup failed: {exc}", file=sys.stderr)
+        return trace, geometry_figures(None, None, None)
+    return annotated, geometry_figures(shape.floor_rtt_ms, shape.detour_ratio, shape.inflation)
+
+
 @app.command("trace")
 def trace_cmd(
     target: str = typer.Argument(..., help="Host or address to trace."),
@@ -310,12 +338,14 @@ def trace_cmd(
     Exit status: 0 target reached, 1 not reached, 2 bad input, 130 interrupted.
     """
     from linkscope.cli.render import probe as render
-    from linkscope.probe.trace import check_trace_args, trace
+    from linkscope.probe.models import geometry_figures
+    from linkscope.probe.trace import check_trace_args, check_trace_method, trace
     from linkscope.store import Store
 
     family = address_family(ipv4, ipv6)
     check_plot_path(plot)
     proto = check_trace_args(protocol, probes, max_ttl, timeout)
+    check_trace_method(method)
     if port is not None and not 0 < port < 65536:
         raise InputError(f"--port must be within 1..65535, not {port}")
     geo = _geo_lookup(geoip, not no_geo, city_db, asn_db)
@@ -335,23 +365,23 @@ def trace_cmd(
             stop=stop,
         )
 
+    if not json_out:
+        _warn_geo(geo)
     try:
         result = _run_with_stop(main)
         stopped = result.interrupted
+        figures = geometry_figures(None, None, None)
         if geo is not None:
-            from linkscope.geo.annotate import annotate_trace
-
-            with contextlib.suppress(LinkscopeError):
-                result = annotate_trace(result, geo)
+            result, figures = _annotate_trace(result, geo)
         store.record_trace(result, target)
     finally:
         store.close()
-    doc = _with_geo(result.to_dict(), geo)
+    doc = _with_geo({**result.to_dict(), **figures}, geo)
     write_plot("trace", doc, plot)
     if json_out:
         render.print_json(doc)
     else:
-        render.print_trace(result, _stdout_console())
+        render.print_trace(result, _stdout_console(), figures)
         if (footer := _geo_footer(geo, _located(result))) is not None:
             _stdout_console().print(footer, style="dim", soft_wrap=True)
     if stopped:

@@ -12,6 +12,7 @@ lookup).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 from linkscope.geo.geometry import GeoPoint, PathGeometry, path_geometry
@@ -22,9 +23,12 @@ __all__ = [
     "annotate_hop",
     "annotate_result",
     "annotate_trace",
+    "annotate_trace_geometry",
     "geometry_phrase",
+    "hop_distances",
     "local_source",
     "measured_rtt_ms",
+    "reached_rtt_ms",
     "result_geometry",
     "trace_geometry",
 ]
@@ -48,6 +52,15 @@ def local_source(lookup: GeoLookup, target_address: str) -> tuple[float, float] 
     return (info.lat, info.lon) if info.lat is not None and info.lon is not None else None
 
 
+def hop_distances(
+    hops: Sequence[Hop], source: tuple[float, float] | None = None
+) -> dict[int, float]:
+    """Per TTL: great-circle km from the previous located hop (or ``source``, for the first)."""
+    points = [p for p in (_point(h) for h in hops) if p is not None]
+    src = GeoPoint(source[0], source[1], "source") if source is not None else None
+    return path_geometry(points, source=src).hop_km()
+
+
 def annotate_hop(hop: Hop, lookup: GeoLookup) -> Hop:
     """The hop with ``country, city, asn, org, lat, lon`` filled from the databases."""
     if hop.address is None:
@@ -64,9 +77,14 @@ def annotate_hop(hop: Hop, lookup: GeoLookup) -> Hop:
     )
 
 
-def annotate_trace(trace: Trace, lookup: GeoLookup) -> Trace:
-    """The trace with every answering hop annotated."""
-    return replace(trace, hops=tuple(annotate_hop(h, lookup) for h in trace.hops))
+def annotate_trace(
+    trace: Trace, lookup: GeoLookup, *, source: tuple[float, float] | None = None
+) -> Trace:
+    """The trace with every answering hop located and its ``distance_km`` from the previous
+    located point (``source``, when given, is the point before the first hop)."""
+    hops = tuple(annotate_hop(h, lookup) for h in trace.hops)
+    km = hop_distances(hops, source)
+    return replace(trace, hops=tuple(replace(h, distance_km=km.get(h.ttl)) for h in hops))
 
 
 def _point(hop: Hop) -> GeoPoint | None:
@@ -103,17 +121,34 @@ def trace_geometry(
     return path_geometry(points, source=src, target=target, measured_rtt_ms=measured_rtt_ms)
 
 
+def reached_rtt_ms(trace: Trace | None) -> float | None:
+    """A trace's end-to-end RTT: the p50 of the target's own hop, None if it was not reached."""
+    if trace is not None and trace.reached and trace.hops:
+        return trace.hops[-1].rtt_p50_ms
+    return None
+
+
 def measured_rtt_ms(result: ProbeResult) -> float | None:
     """The end-to-end RTT used for inflation: ping p50, else reached last hop p50, else TCP."""
     if result.ping.rtt_p50_ms is not None:
         return result.ping.rtt_p50_ms
-    trace = result.trace
-    if trace is not None and trace.reached and trace.hops:
-        p50 = trace.hops[-1].rtt_p50_ms
-        if p50 is not None:
-            return p50
+    p50 = reached_rtt_ms(result.trace)
+    if p50 is not None:
+        return p50
     tcp = [t.rtt_p50_ms for t in result.tcp if t.rtt_p50_ms is not None]
     return min(tcp) if tcp else None
+
+
+def annotate_trace_geometry(
+    trace: Trace, lookup: GeoLookup, *, source: tuple[float, float] | None = None
+) -> tuple[Trace, PathGeometry]:
+    """``linkscope trace``'s counterpart of :func:`annotate_result`: the annotated trace, and
+    its geometry with the reached hop's p50 as the measured RTT (floor, detour, inflation)."""
+    annotated = annotate_trace(trace, lookup, source=source)
+    shape = trace_geometry(
+        annotated, lookup=lookup, source=source, measured_rtt_ms=reached_rtt_ms(annotated)
+    )
+    return annotated, shape
 
 
 def result_geometry(
@@ -138,7 +173,7 @@ def annotate_result(
     source: tuple[float, float] | None = None,
 ) -> ProbeResult:
     """The result with hops annotated and ``floor_rtt_ms``, ``detour_ratio``, ``inflation`` set."""
-    trace = None if result.trace is None else annotate_trace(result.trace, lookup)
+    trace = None if result.trace is None else annotate_trace(result.trace, lookup, source=source)
     annotated = replace(result, trace=trace)
     shape = result_geometry(annotated, lookup=lookup, source=source)
     return replace(

@@ -313,7 +313,8 @@ class GeoLookup:
     ) -> GeoLookup:
         """Find the City and ASN databases (see the module docstring for the order).
 
-        Cheap: reads metadata only; embedded data is unpacked on the first lookup.
+        Cheap: reads metadata only (of embedded data, from its last compressed block); embedded
+        data is unpacked on the first lookup.
         ``environ`` defaults to ``os.environ``; ``config`` to :func:`config_path`.
         """
         env = os.environ if environ is None else environ
@@ -368,11 +369,13 @@ class GeoLookup:
             if dataset is None:
                 continue
             if current is None:
+                # named by the file's own metadata, as after unpacking (not the manifest's name)
+                meta = embedded.read_metadata(dataset)
                 chosen[kind] = GeoSource(
                     kind=kind,
                     path=(cache_directory or embedded.cache_dir()) / dataset.file_name,
-                    database_type=dataset.name,
-                    build=datetime(*dataset.build_date.timetuple()[:3], tzinfo=UTC),
+                    database_type=meta.database_type,
+                    build=meta.build,
                     origin="embedded",
                     embedded=True,
                     license=dataset.license,

@@ -503,6 +503,15 @@ class Lab:
             raise LabError(f"lab {self.prefix} is not up")
         return [_ip_bin(), "netns", "exec", self.netns(node), *argv]
 
+    def environ(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The environment for a command run in the lab: ``base`` (default: ours), with
+        ``LINKSCOPE_GEOIP_DIR`` pointing at the lab's own GeoIP data unless ``base`` sets it,
+        so `linkscope probe` inside a node places the lab's nodes on the map."""
+        env = dict(os.environ if base is None else base)
+        if "LINKSCOPE_GEOIP_DIR" not in env and self.geoip_dir.is_dir():
+            env["LINKSCOPE_GEOIP_DIR"] = str(self.geoip_dir)
+        return env
+
     def exec(
         self,
         node: str,
@@ -513,8 +522,9 @@ class Lab:
         input: str | None = None,
         env: Mapping[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``argv`` inside ``node`` and capture its output (text). ``env`` adds to ours."""
-        full_env = {**os.environ, **env} if env is not None else None
+        """Run ``argv`` inside ``node`` and capture its output (text). ``env`` adds to ours;
+        see :meth:`environ` for what the lab adds."""
+        full_env = self.environ({**os.environ, **(env or {})})
         try:
             res = subprocess.run(
                 self._wrap(node, argv),
@@ -534,7 +544,9 @@ class Lab:
         return res
 
     def popen(self, node: str, argv: Sequence[str], **popen_kwargs: Any) -> subprocess.Popen[Any]:
-        """Start ``argv`` inside ``node``; the process is killed on :meth:`down`."""
+        """Start ``argv`` inside ``node``; the process is killed on :meth:`down`. An ``env``
+        replaces ours, as with subprocess; either way :meth:`environ` adds the lab's GeoIP."""
+        popen_kwargs["env"] = self.environ(popen_kwargs.get("env"))
         proc: subprocess.Popen[Any] = subprocess.Popen(self._wrap(node, argv), **popen_kwargs)
         self._procs.append(proc)
         return proc

@@ -51,8 +51,7 @@ def open_ping_socket(dst: str, method: str) -> tuple[PingMethod, Any | None, str
     """Pick the ping method: (method, icmplib socket or None for tcp-connect, note or None)."""
     from icmplib.exceptions import SocketPermissionError
 
-    if method not in ("auto", *PING_METHODS):
-        raise InputError(f"unknown ping method {method!r} (use auto, {', '.join(PING_METHODS)})")
+    check_ping_method(method)
     if method in ("auto", "icmp-raw"):
         try:
             return "icmp-raw", _open_icmp(dst, privileged=True), None
@@ -74,6 +73,12 @@ def open_ping_socket(dst: str, method: str) -> tuple[PingMethod, Any | None, str
             f"{_ping_group_note()}); RTT measured by TCP connect to port {{port}} instead"
         )
     return "tcp-connect", None, note
+
+
+def check_ping_method(method: str) -> None:
+    """InputError unless ``method`` is ``auto`` or one of PING_METHODS."""
+    if method not in ("auto", *PING_METHODS):
+        raise InputError(f"unknown ping method {method!r} (use auto, {', '.join(PING_METHODS)})")
 
 
 def check_ping_args(count: int, interval: float, timeout: float) -> None:
@@ -104,6 +109,7 @@ async def ping(
     probes sent so far (in-flight ones get until their timeout or a second ``stop``).
     """
     check_ping_args(count, interval, timeout)
+    check_ping_method(method)
     dst = await resolve_async(host, family)
     chosen, sock, note = open_ping_socket(dst, method)
     if sock is None:
@@ -249,4 +255,4 @@ async def _ping_tcp(
     )
 
 
-__all__ = ["check_ping_args", "open_ping_socket", "ping"]
+__all__ = ["check_ping_args", "check_ping_method", "open_ping_socket", "ping"]

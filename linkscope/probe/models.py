@@ -14,7 +14,7 @@ from typing import Any, Literal
 from linkscope.probe import stats
 
 PingMethod = Literal["icmp-raw", "icmp-datagram", "tcp-connect"]
-TcpStatus = Literal["ok", "refused", "timeout", "error"]
+TcpStatus = Literal["ok", "refused", "timeout", "unreachable", "error"]
 TcpMethod = Literal["connect", "syn"]
 TraceProtocol = Literal["icmp", "udp", "tcp"]
 
@@ -25,6 +25,17 @@ TRACE_PROTOCOLS: tuple[TraceProtocol, ...] = ("icmp", "udp", "tcp")
 def _r(value: float | None, digits: int = 3) -> float | None:
     """Round for JSON (µs resolution is all a userspace timestamp is worth)."""
     return None if value is None else round(value, digits)
+
+
+def geometry_figures(
+    floor_rtt_ms: float | None, detour_ratio: float | None, inflation: float | None
+) -> dict[str, float | None]:
+    """The path-geometry keys of the JSON contract (``probe`` and ``trace``), None if unknown."""
+    return {
+        "floor_rtt_ms": _r(floor_rtt_ms),
+        "detour_ratio": _r(detour_ratio, 4),
+        "inflation": _r(inflation, 4),
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,10 +125,11 @@ class PingStats:
 
 @dataclass(frozen=True, slots=True)
 class TcpAttempt:
-    """One handshake: ``ok`` (SYN-ACK / connected), ``refused`` (RST), ``timeout`` or ``error``."""
+    """One handshake: ``ok`` (SYN-ACK / connected), ``refused`` (RST), ``timeout``,
+    ``unreachable`` (no route: the kernel or a router said so) or ``error``."""
 
     status: TcpStatus
-    rtt_ms: float | None = None  # time to the SYN-ACK or RST; None on timeout/error
+    rtt_ms: float | None = None  # time to the SYN-ACK or RST; None otherwise
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -153,6 +165,10 @@ class TcpRtt:
         return self._count("timeout")
 
     @property
+    def unreachable(self) -> int:
+        return self._count("unreachable")
+
+    @property
     def rtts(self) -> tuple[float, ...]:
         return tuple(a.rtt_ms for a in self.attempts if a.status == "ok" and a.rtt_ms is not None)
 
@@ -175,6 +191,7 @@ class TcpRtt:
             "ok": self.ok,
             "refused": self.refused,
             "timeout": self.timeouts,
+            "unreachable": self.unreachable,
             "rtt_min_ms": _r(self.rtt_min_ms),
             "rtt_p50_ms": _r(self.rtt_p50_ms),
             "rtt_max_ms": _r(self.rtt_max_ms),
@@ -198,7 +215,8 @@ class Hop:
 
     ``address`` is None for a ``*`` hop (nothing answered); ``others`` lists further addresses that
     answered at this TTL (rare with Paris-style probes). The geo fields are filled later by
-    ``linkscope.geo`` through ``dataclasses.replace``.
+    ``linkscope.geo`` through ``dataclasses.replace``; ``distance_km`` is the great-circle
+    distance from the previous located point of the path (hop, or the source when known).
     """
 
     ttl: int
@@ -213,6 +231,7 @@ class Hop:
     org: str | None = None
     lat: float | None = None
     lon: float | None = None
+    distance_km: float | None = None
 
     @property
     def received(self) -> int:
@@ -258,6 +277,7 @@ class Hop:
             "org": self.org,
             "lat": self.lat,
             "lon": self.lon,
+            "distance_km": _r(self.distance_km, 1),
         }
 
     @classmethod
@@ -275,6 +295,7 @@ class Hop:
             org=d.get("org"),
             lat=d.get("lat"),
             lon=d.get("lon"),
+            distance_km=d.get("distance_km"),
         )
 
 
@@ -371,9 +392,7 @@ class ProbeResult:
             "ping": self.ping.to_dict(),
             "tcp": [t.to_dict() for t in self.tcp],
             "trace": None if self.trace is None else self.trace.to_dict(),
-            "floor_rtt_ms": _r(self.floor_rtt_ms),
-            "detour_ratio": _r(self.detour_ratio, 4),
-            "inflation": _r(self.inflation, 4),
+            **geometry_figures(self.floor_rtt_ms, self.detour_ratio, self.inflation),
             "geometry": self.geometry,
             "verdict": self.verdict,
             "started_at": self.started_at,
@@ -424,5 +443,6 @@ __all__ = [
     "TcpStatus",
     "Trace",
     "TraceProtocol",
+    "geometry_figures",
     "most_common",
 ]

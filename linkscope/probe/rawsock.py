@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
-from linkscope.errors import PermissionDenied, Unreachable
+from linkscope.errors import PermissionDenied, ProbeError, Unreachable
 from linkscope.probe import packets
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux value; missing in CPython 3.11
@@ -29,18 +29,21 @@ def is_root() -> bool:
 
 
 def open_raw(family: int, proto: int) -> socket.socket:
-    """A non-blocking raw socket with receive timestamps; PermissionDenied without CAP_NET_RAW."""
+    """A non-blocking raw socket with receive timestamps; PermissionDenied without CAP_NET_RAW,
+    ProbeError for any other refusal (no IPv6 in this kernel, out of file descriptors)."""
     try:
         sock = socket.socket(family, socket.SOCK_RAW, proto)
     except PermissionError as exc:
         raise PermissionDenied("raw sockets need root (CAP_NET_RAW)") from exc
+    except OSError as exc:
+        raise ProbeError(f"cannot open a raw socket: {exc.strerror or exc}") from exc
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        raise ProbeError(f"cannot set up a raw socket: {exc.strerror or exc}") from exc
     return sock
 
 

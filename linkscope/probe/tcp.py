@@ -14,7 +14,7 @@ import random
 import socket
 import time
 
-from linkscope.errors import InputError, PermissionDenied
+from linkscope.errors import InputError, PermissionDenied, ProbeError, Unreachable
 from linkscope.probe import packets
 from linkscope.probe.models import TcpAttempt, TcpMethod, TcpRtt
 from linkscope.probe.rawsock import TcpHub, is_root, send_at, source_address
@@ -24,10 +24,19 @@ _REFUSED = {errno.ECONNREFUSED}
 _UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
 
 
+def _failed(exc: OSError) -> TcpAttempt:
+    """The attempt result for a connect/send error: no route is ``unreachable``, else ``error``."""
+    reason = exc.strerror or str(exc)
+    return TcpAttempt("unreachable" if exc.errno in _UNREACHABLE else "error", error=reason)
+
+
 async def connect_once(dst: str, port: int, timeout: float) -> TcpAttempt:
     """One non-blocking connect(); ``refused`` carries the RST's RTT (the host did answer)."""
     loop = asyncio.get_running_loop()
-    sock = socket.socket(family_of(dst), socket.SOCK_STREAM)
+    try:
+        sock = socket.socket(family_of(dst), socket.SOCK_STREAM)
+    except OSError as exc:  # e.g. out of file descriptors
+        return _failed(exc)
     sock.setblocking(False)
     try:
         start = time.perf_counter()
@@ -40,14 +49,18 @@ async def connect_once(dst: str, port: int, timeout: float) -> TcpAttempt:
             rtt = (time.perf_counter() - start) * 1e3
             if exc.errno in _REFUSED:
                 return TcpAttempt("refused", rtt)
-            return TcpAttempt("error", error=exc.strerror or str(exc))
+            return _failed(exc)
         return TcpAttempt("ok", (time.perf_counter() - start) * 1e3)
     finally:
         sock.close()
 
 
 class _SynProber:
-    """SYNs from one reserved source port; replies matched by ports and ack == seq + 1."""
+    """SYNs from one reserved source port; replies matched by ports and ack == seq + 1.
+
+    Raises Unreachable when there is no route to ``dst`` (no source address to send from),
+    PermissionDenied without raw sockets, ProbeError when no source port can be reserved.
+    """
 
     def __init__(self, dst: str, port: int) -> None:
         self.dst = dst
@@ -58,9 +71,10 @@ class _SynProber:
         try:
             self.reserved = socket.socket(self.family, socket.SOCK_STREAM)
             self.reserved.bind((self.src, 0))
-        except OSError:
+        except OSError as exc:
             self.hub.release()
-            raise
+            reason = exc.strerror or str(exc)
+            raise ProbeError(f"cannot reserve a source port on {self.src}: {reason}") from exc
         self.sport = int(self.reserved.getsockname()[1])
         self.waiting: dict[int, asyncio.Future[tuple[int, int]]] = {}
         self.hub.by_port[self.sport] = self.on_segment
@@ -86,7 +100,7 @@ class _SynProber:
             try:
                 sent_ns = send_at(self.hub.sock, syn, self.dst)
             except OSError as exc:
-                return TcpAttempt("error", error=exc.strerror or str(exc))
+                return _failed(exc)
             try:
                 async with asyncio.timeout(timeout):
                     flags, rx_ns = await fut
@@ -122,7 +136,8 @@ async def tcp_rtt(
     """Time ``attempts`` handshakes to ``host:port``, one after another, ``interval`` s apart.
 
     ``method`` is ``auto`` (``syn`` as root, else ``connect``), ``syn`` or ``connect``.
-    Per-attempt results say ok (SYN-ACK), refused (RST) or timeout; ``stop`` ends it early.
+    Per-attempt results say ok (SYN-ACK), refused (RST), timeout, unreachable (no route) or
+    error; an unreachable target is a result, not an exception. ``stop`` ends it early.
     """
     if not 0 < port < 65536:
         raise InputError(f"port must be within 1..65535, not {port}")
@@ -132,31 +147,37 @@ async def tcp_rtt(
         raise InputError(f"timeout must be positive, not {timeout}")
     chosen = choose_tcp_method(method)
     dst = await resolve_async(host, family)
-    results: list[TcpAttempt] = []
+    prober: _SynProber | None = None
+    no_route: TcpAttempt | None = None
     if chosen == "syn":
         try:
             prober = _SynProber(dst, port)
+        except Unreachable as exc:
+            # no route to the target: each attempt is an answerless result, like a timeout
+            no_route = TcpAttempt("unreachable", error=str(exc))
         except PermissionDenied:
             if method == "syn":
                 raise
             chosen = "connect"
-    if chosen == "syn":
-        try:
-            for i in range(attempts):
-                if stop is not None and stop.is_set():
-                    break
-                if i and interval:
-                    await asyncio.sleep(interval)
-                results.append(await prober.attempt(timeout))
-        finally:
-            prober.close()
-    else:
+
+    async def attempt() -> TcpAttempt:
+        if no_route is not None:
+            return no_route
+        if prober is not None:
+            return await prober.attempt(timeout)
+        return await connect_once(dst, port, timeout)
+
+    results: list[TcpAttempt] = []
+    try:
         for i in range(attempts):
             if stop is not None and stop.is_set():
                 break
             if i and interval:
                 await asyncio.sleep(interval)
-            results.append(await connect_once(dst, port, timeout))
+            results.append(await attempt())
+    finally:
+        if prober is not None:
+            prober.close()
     return TcpRtt(address=dst, port=port, method=chosen, attempts=tuple(results))
 
 

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from linkscope.errors import InputError, Unreachable
+from linkscope.errors import InputError, ProbeError, Unreachable
 from linkscope.probe import packets
 from linkscope.probe.models import TRACE_PROTOCOLS, Hop, Trace, TraceProtocol, most_common
 from linkscope.probe.rawsock import (
@@ -193,8 +193,15 @@ def _send_with_ttl(sock: socket.socket, family: int, ttl: int, data: bytes, dst:
 
 def _reserve_port(family: int, kind: int, src: str) -> socket.socket:
     """Bind a real socket to a free port so no other connection uses our probes' source port."""
-    sock = socket.socket(family, kind)
-    sock.bind((src, 0))
+    try:
+        sock = socket.socket(family, kind)
+    except OSError as exc:
+        raise ProbeError(f"cannot open a socket: {exc.strerror or exc}") from exc
+    try:
+        sock.bind((src, 0))
+    except OSError as exc:
+        sock.close()
+        raise ProbeError(f"cannot reserve a source port on {src}: {exc.strerror or exc}") from exc
     return sock
 
 
@@ -237,6 +244,12 @@ class _Names:
             pass
 
 
+def check_trace_method(method: str) -> None:
+    """InputError unless ``method`` is ``auto``, ``raw`` or ``datagram``."""
+    if method not in ("auto", "raw", "datagram"):
+        raise InputError(f"unknown trace method {method!r} (use auto, raw or datagram)")
+
+
 def check_trace_args(protocol: str, probes: int, max_ttl: int, timeout: float) -> TraceProtocol:
     if protocol not in TRACE_PROTOCOLS:
         raise InputError(f"unknown trace protocol {protocol!r} (use icmp, udp or tcp)")
@@ -267,10 +280,12 @@ async def trace(
     ``method``: ``raw`` (root: crafted ICMP/UDP/TCP probes), ``datagram`` (unprivileged UDP
     sockets with IP_RECVERR; always UDP) or ``auto`` (raw when allowed, else datagram with a
     ``note`` saying so). Raises ResolveError for a bad host, Unreachable when there is no
-    route at all. A target that never answers gives ``reached=False``, not an error.
-    ``stop`` ends the trace early with what has been gathered (Ctrl-C).
+    route at all, ProbeError when no socket to probe from can be opened. A target that never
+    answers gives ``reached=False``, not an error. ``stop`` ends the trace early with what has
+    been gathered (Ctrl-C).
     """
     proto = check_trace_args(protocol, probes, max_ttl, timeout)
+    check_trace_method(method)
     started = time.monotonic()
     dst = await resolve_async(host, family)
     fam = family_of(dst)
@@ -290,8 +305,6 @@ async def trace(
                 lookups.lookup(ans.source)
 
     note = None
-    if method not in ("auto", "raw", "datagram"):
-        raise InputError(f"unknown trace method {method!r} (use auto, raw or datagram)")
     if method == "auto" and not raw_allowed(fam):
         method = "datagram"
         note = (
@@ -455,4 +468,10 @@ def _hops(state: _State, names: dict[str, str | None]) -> tuple[Hop, ...]:
     return tuple(hops)
 
 
-__all__ = ["DEFAULT_PORTS", "check_trace_args", "next_icmp_ident", "trace"]
+__all__ = [
+    "DEFAULT_PORTS",
+    "check_trace_args",
+    "check_trace_method",
+    "next_icmp_ident",
+    "trace",
+]

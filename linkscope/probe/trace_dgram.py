@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from linkscope.errors import Unreachable
+from linkscope.errors import ProbeError, Unreachable
 from linkscope.probe.rawsock import SO_TIMESTAMPNS
 
 if TYPE_CHECKING:
@@ -73,6 +73,26 @@ def _offender(family: int, sa: bytes) -> str | None:
     return None
 
 
+def _udp_socket(family: int, fam: int, src: str) -> socket.socket:
+    """The trace's one UDP socket, bound to ``src``, with IP_RECVERR and receive timestamps."""
+    try:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+    except OSError as exc:
+        raise ProbeError(f"cannot open a UDP socket: {exc.strerror or exc}") from exc
+    try:
+        sock.setblocking(False)
+        sock.bind((src, 0))
+        if fam == 6:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    except OSError as exc:
+        sock.close()
+        raise ProbeError(f"cannot set up a UDP socket on {src}: {exc.strerror or exc}") from exc
+    return sock
+
+
 async def burst_datagram(
     state: _State,
     on_change: Callable[[], None],
@@ -90,14 +110,7 @@ async def burst_datagram(
     fam = 6 if family == socket.AF_INET6 else 4
     nonce = random.randrange(1, 0xFFFF)
     loop = asyncio.get_running_loop()
-    with socket.socket(family, socket.SOCK_DGRAM) as sock:
-        sock.setblocking(False)
-        sock.bind((src, 0))
-        if fam == 6:
-            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
-        else:
-            sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    with _udp_socket(family, fam, src) as sock:
 
         def drain() -> None:
             while True:

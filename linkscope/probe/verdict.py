@@ -95,7 +95,9 @@ def verdict(result: ProbeResult) -> str:
 
     if not result.reachable:
         last = result.trace.last_hop if result.trace is not None else None
-        if result.trace is None:
+        if result.tcp and all(t.attempts and t.unreachable == len(t.attempts) for t in result.tcp):
+            where = "no route to it from this host"
+        elif result.trace is None:
             where = "no traceroute to locate the break"
         elif last is None:
             where = "no hop answered the traceroute either"
@@ -153,7 +155,15 @@ def verdict(result: ProbeResult) -> str:
 
     for tcp in result.tcp:
         if tcp.attempts and not tcp.ok:
-            what = "refused" if tcp.refused else "timed out" if tcp.timeouts else "failed"
+            what = (
+                "refused"
+                if tcp.refused
+                else "timed out"
+                if tcp.timeouts
+                else "has no route"
+                if tcp.unreachable
+                else "failed"
+            )
             clauses.append(f"TCP port {tcp.port} {what}")
             level = _worse(level, "poor")
 

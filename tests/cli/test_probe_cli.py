@@ -85,8 +85,8 @@ def test_probe_json_contract(tmp_path: Path) -> None:
     assert d["trace"]["reached"] is True
     (hop,) = d["trace"]["hops"]
     assert hop["address"] == "127.0.0.1" and hop["name"] == "localhost" and hop["loss"] == 0.0
-    for key in ("country", "city", "asn", "org", "lat", "lon"):
-        assert key in hop  # present, null when unknown (loopback has no location)
+    for key in ("country", "city", "asn", "org", "lat", "lon", "distance_km"):
+        assert key in hop and hop[key] is None  # present, null: loopback has no location
     assert d["verdict"].startswith("good:")
     # stored in the default history ($XDG_DATA_HOME/linkscope/history.db)
     assert (tmp_path / "xdg" / "linkscope" / "history.db").exists()
@@ -127,6 +127,10 @@ def test_trace_command(tmp_path: Path, protocol: str) -> None:
     assert [(h["ttl"], h["address"], h["sent"], h["received"]) for h in d["hops"]] == [
         (1, "::1", 5, 5)
     ]
+    # the geometry keys of the contract, null where unknown (loopback has no location)
+    for key in ("floor_rtt_ms", "detour_ratio", "inflation"):
+        assert key in d and d[key] is None
+    assert d["hops"][0]["distance_km"] is None and d["hops"][0]["city"] is None
     rich = run(["trace", "127.0.0.1", "-P", protocol], tmp_path)
     assert rich.returncode == 0 and "localhost (127.0.0.1)" in rich.stdout
 
@@ -149,6 +153,12 @@ def test_trace_command(tmp_path: Path, protocol: str) -> None:
         (["trace", "127.0.0.1", "--max-ttl", "0"], "--max-ttl"),
         (["trace", "1.2.3"], "malformed address"),
         (["history", "--since", "yesterday"], "--since"),
+        # hidden testing flags: checked before any probe starts, not inside the TaskGroup
+        (["probe", "127.0.0.1", "-p", "22", "--tcp-method", "bogus"], "unknown TCP method"),
+        (["probe", "127.0.0.1", "--method", "bogus"], "unknown ping method"),
+        (["probe", "127.0.0.1", "--trace-method", "bogus"], "unknown trace method"),
+        (["probe", "127.0.0.1", "--attempts", "0"], "--attempts"),
+        (["trace", "127.0.0.1", "--method", "bogus"], "unknown trace method"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path: Path, args: list[str], words: str) -> None:
@@ -187,6 +197,68 @@ def test_unreachable_exits_1_with_stats(tmp_path: Path) -> None:
     assert "unreachable" in proc.stderr and "Traceback" not in proc.stderr
     hist = doc(run(["history", "--db", str(db), "--json"], tmp_path))
     assert [r["target"] for r in hist["runs"]] == [SILENT]
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("tcp_method", ["syn", "connect"])
+def test_no_route_exits_1_with_stats_printed_and_stored(tmp_path: Path, tcp_method: str) -> None:
+    """`unshare -n` alone: a namespace whose loopback is down, so the kernel has no route even
+    to 127.0.0.1. Lost pings and unreachable TCP attempts are results; the trace has a note."""
+    db = tmp_path / "h.db"
+    args = ["probe", "127.0.0.1", "-p", "22", "-c", "3", "-i", "0.05", "-n", "--db", str(db)]
+    args += ["--tcp-method", tcp_method]
+    proc = run([*args, "--json"], tmp_path, netns="true")
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == ["linkscope: unreachable: 127.0.0.1"]
+    d = doc(proc)
+    assert (d["ping"]["sent"], d["ping"]["received"], d["ping"]["loss"]) == (3, 0, 1.0)
+    (tcp,) = d["tcp"]
+    assert (tcp["attempts"], tcp["unreachable"], tcp["ok"], tcp["refused"]) == (3, 3, 0, 0)
+    assert tcp["method"] == tcp_method
+    assert {r["status"] for r in tcp["results"]} == {"unreachable"}
+    assert d["trace"] is None and any("no route" in n for n in d["notes"])
+    assert d["verdict"].startswith("unreachable:") and "no route" in d["verdict"]
+    rich = run(args, tmp_path, netns="true")
+    assert rich.returncode == 1 and "Traceback" not in rich.stderr
+    assert "unreachable" in rich.stdout and "note: traceroute failed: no route" in rich.stdout
+    hist = doc(run(["history", "--db", str(db), "--json"], tmp_path))
+    assert [r["target"] for r in hist["runs"]] == ["127.0.0.1", "127.0.0.1"]
+
+
+@pytest.mark.root
+def test_forced_ping_method_not_permitted_is_one_line(tmp_path: Path) -> None:
+    """Raised inside the probes' TaskGroups (an ExceptionGroup), printed as one line: a fresh
+    namespace has the default ping_group_range "1 0", which excludes root's group."""
+    args = ["probe", "127.0.0.1", "::1", "-c", "2", "--method", "icmp-datagram", "--json"]
+    proc = run(args, tmp_path, netns="ip link set lo up")
+    line = one_line_error(proc, 1)
+    assert "ICMP datagram sockets not allowed" in line and "ping_group_range (1 0)" in line
+    assert "ExceptionGroup" not in proc.stderr
+
+
+@pytest.mark.root
+def test_trace_without_a_route_is_one_line(tmp_path: Path) -> None:
+    proc = run(["trace", "127.0.0.1", "-n"], tmp_path, netns="true")
+    assert "no route to 127.0.0.1" in one_line_error(proc, 1)
+
+
+def test_exception_groups_become_one_line_with_the_most_severe_status() -> None:
+    from linkscope.cli import group_failure
+    from linkscope.errors import ExitStatus, InputError, PermissionDenied, Unreachable
+
+    nested = ExceptionGroup(
+        "probes",
+        [
+            ExceptionGroup("target a", [Unreachable("no route to a")]),
+            ExceptionGroup("target b", [InputError("bad b"), Unreachable("no route to a")]),
+        ],
+    )
+    assert group_failure(nested) == ("no route to a; bad b", ExitStatus.USAGE)
+    same = ExceptionGroup("x", [PermissionDenied("no raw"), PermissionDenied("no raw")])
+    assert group_failure(same) == ("no raw", ExitStatus.FAILED)
+    # anything but our own errors is a bug: it keeps its traceback
+    assert group_failure(ExceptionGroup("x", [Unreachable("u"), ValueError("bug")])) is None
 
 
 @pytest.mark.root

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import subprocess
 import sys
 from typing import Any
 
@@ -49,6 +50,8 @@ def expected(lab: Lab) -> dict[str, Any]:
     home = (float(nodes["home"].lat or 0.0), float(nodes["home"].lon or 0.0))
     home_direct_km = cosine_law_km(home, points[-1])
     return {
+        # per hop: km from the previous located point, home's own location first (the CLI's)
+        "home_hop_km": [cosine_law_km(a, b) for a, b in itertools.pairwise([home, *points])],
         "home_detour_ratio": (cosine_law_km(home, points[0]) + path_km) / home_direct_km,
         "home_floor_rtt_ms": 2 * home_direct_km / FIBRE_KM_PER_MS,
         "cities": [nodes[h].city for h in hops],
@@ -106,7 +109,7 @@ def _check(
     doc: dict[str, Any], want: dict[str, Any], ping_p50: float | None, prefix: str = ""
 ) -> None:
     """``prefix`` "home_": the figures taken from home's own location rather than hop 1."""
-    hops = [h for h in doc["trace"]["hops"] if h["address"] is not None]
+    hops = [h for h in _trace_of(doc)["hops"] if h["address"] is not None]
     assert [h["city"] for h in hops] == want["cities"]
     assert [h["country"] for h in hops] == want["countries"]
     assert [h["asn"] for h in hops] == want["asns"]
@@ -119,6 +122,12 @@ def _check(
     assert doc["inflation"] > 1.5  # ~350 ms measured over a ~176 ms floor
 
 
+def _trace_of(doc: dict[str, Any]) -> dict[str, Any]:
+    """The trace part of a `probe --json` document; a `trace --json` document is one."""
+    trace: dict[str, Any] = doc.get("trace", doc)
+    return trace
+
+
 def _run_until_complete(lab: Lab, argv: list[str], want: dict[str, Any]) -> dict[str, Any]:
     """Run a probe in home until every hop answered (loss may hide one), at most ATTEMPTS."""
     doc: dict[str, Any] = {}
@@ -126,8 +135,8 @@ def _run_until_complete(lab: Lab, argv: list[str], want: dict[str, Any]) -> dict
         res = lab.exec("home", argv, timeout=60)
         assert res.returncode in (0, 1), res.stderr
         doc = json.loads(res.stdout)
-        hops = [h for h in doc["trace"]["hops"] if h["address"] is not None]
-        if doc["trace"]["reached"] and len(hops) == len(want["cities"]):
+        hops = [h for h in _trace_of(doc)["hops"] if h["address"] is not None]
+        if _trace_of(doc)["reached"] and len(hops) == len(want["cities"]):
             return doc
     return doc
 
@@ -178,3 +187,76 @@ def test_cli_probe_br_json_reports_geo_and_geometry(brazil_lab: Lab) -> None:
     assert doc["geo"]["sources"] and doc["geo"]["attribution"] is None  # lab data needs none
     for hop in doc["trace"]["hops"]:
         assert {"country", "city", "asn", "org", "lat", "lon"} <= hop.keys()
+
+
+def _no_geoip_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commands in the lab must find the lab's data by themselves (Lab.exec sets the variable)."""
+    monkeypatch.delenv("LINKSCOPE_GEOIP_DIR", raising=False)
+
+
+def test_cli_trace_br_json_reports_geometry_and_hop_distances(
+    brazil_lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`linkscope trace br --json` from home, no --geoip: the top-level floor, detour and
+    inflation (over the reached hop's p50) and each hop's distance_km, from home's location."""
+    _no_geoip_env(monkeypatch)
+    want = expected(brazil_lab)
+    argv = [sys.executable, "-m", "linkscope", "trace", "br", "-q", "8", "-m", "8", "--json"]
+    doc = _run_until_complete(brazil_lab, argv, want)
+    hops = [h for h in doc["hops"] if h["address"] is not None]
+    assert doc["reached"] and [h["city"] for h in hops] == want["cities"]
+    assert doc["geo"]["sources"][0]["origin"] == "$LINKSCOPE_GEOIP_DIR"
+    assert [h["distance_km"] for h in hops] == pytest.approx(want["home_hop_km"], abs=0.06)
+    floor = want["home_floor_rtt_ms"]
+    assert doc["floor_rtt_ms"] == pytest.approx(floor, rel=1e-3)
+    assert doc["detour_ratio"] == pytest.approx(want["home_detour_ratio"], rel=1e-3)
+    assert doc["inflation"] == pytest.approx(hops[-1]["rtt_p50_ms"] / floor, rel=1e-3)
+    assert doc["inflation"] > 1.5
+
+
+def test_probe_br_in_the_lab_shows_cities_without_geoip(
+    brazil_lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rendered output of `linkscope probe br` run in home through Lab.exec: the hop
+    table's places and km come from the lab's own MMDB files, found via the environment."""
+    _no_geoip_env(monkeypatch)
+    argv = [sys.executable, "-m", "linkscope", "probe", "br", "-c", "10", "-i", "0.05", "-q", "8"]
+    for _ in range(ATTEMPTS):
+        res = brazil_lab.exec("home", [*argv, "-m", "8"], timeout=60, env={"COLUMNS": "200"})
+        assert res.returncode in (0, 1), res.stderr
+        if all(c in res.stdout for c in ("Beijing", "Los Angeles", "São Paulo")):
+            break
+    assert "Beijing" in res.stdout and "São Paulo" in res.stdout, res.stdout
+    assert " km " in res.stdout and "speed-of-light floor" in res.stdout
+    assert "no geo" not in res.stdout
+
+
+def test_lab_commands_get_the_lab_geoip_dir_unless_the_caller_set_one(
+    brazil_lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    show = [sys.executable, "-c", "import os; print(os.environ.get('LINKSCOPE_GEOIP_DIR'))"]
+    _no_geoip_env(monkeypatch)
+    assert brazil_lab.exec("home", show).stdout.strip() == str(brazil_lab.geoip_dir)
+    proc = brazil_lab.popen("home", show, stdout=subprocess.PIPE, text=True)
+    assert proc.communicate(timeout=30)[0].strip() == str(brazil_lab.geoip_dir)
+    # the caller's choice wins: through exec's env, or our own environment
+    mine = brazil_lab.exec("home", show, env={"LINKSCOPE_GEOIP_DIR": "/srv/geoip"})
+    assert mine.stdout.strip() == "/srv/geoip"
+    monkeypatch.setenv("LINKSCOPE_GEOIP_DIR", "/opt/geoip")
+    assert brazil_lab.exec("home", show).stdout.strip() == "/opt/geoip"
+    proc = brazil_lab.popen(
+        "home", show, stdout=subprocess.PIPE, text=True, env={"LINKSCOPE_GEOIP_DIR": "/x"}
+    )
+    assert proc.communicate(timeout=30)[0].strip() == "/x"
+
+
+def test_lab_exec_command_shows_cities(brazil_lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_geoip_env(monkeypatch)
+    inner = [sys.executable, "-m", "linkscope", "trace", "br", "-q", "8", "-m", "8", "--json"]
+    argv = [sys.executable, "-m", "linkscope", "lab", "exec", "--prefix", brazil_lab.prefix]
+    res = subprocess.run(
+        [*argv, "home", "--", *inner], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert res.returncode in (0, 1), res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["geo"]["sources"] and doc["geo"]["sources"][0]["origin"] == "$LINKSCOPE_GEOIP_DIR"

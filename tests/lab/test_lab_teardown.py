@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -238,6 +239,75 @@ def test_safety_check_refuses_default_route_and_foreign_links(lab_factory) -> No
         )
         with pytest.raises(LabError, match="peer outside the lab"):
             lab.verify()
+    finally:
+        subprocess.run(["ip", "netns", "del", outside], check=True)
+
+
+def test_safety_check_refuses_unexpected_devices_and_routes_outside_the_lab(lab_factory) -> None:  # type: ignore[no-untyped-def]
+    lab: Lab = lab_factory(CLEAN)
+    lab.verify()
+    ns = lab.netns("a")
+    subprocess.run(["ip", "-n", ns, "link", "add", "brtest", "type", "bridge"], check=True)
+    with pytest.raises(LabError, match=r"unexpected device brtest \(bridge\)"):
+        lab.verify()
+    subprocess.run(["ip", "-n", ns, "link", "del", "brtest"], check=True)
+    lab.verify()
+    # a route to TEST-NET-1 out of the lab's own veth: configuration only, no packet is sent
+    dev = lab.addressing.interface("a", "b").name
+    subprocess.run(["ip", "-n", ns, "route", "add", "192.0.2.0/24", "dev", dev], check=True)
+    with pytest.raises(LabError, match=r"routes 192\.0\.2\.0/24, outside 198\.18\.0\.0/15"):
+        lab.verify()
+    subprocess.run(["ip", "-n", ns, "route", "del", "192.0.2.0/24"], check=True)
+    lab.verify()
+
+
+class _UnsafeLab(Lab):
+    """A lab whose configuration step leaves something unsafe behind in node a's namespace
+    (as a wrong route plan or a stray tool could): ``up()`` itself must refuse to continue."""
+
+    def __init__(self, topology: Any, prefix: str, unsafe: list[str]) -> None:
+        super().__init__(topology, prefix)
+        self.unsafe = unsafe
+
+    def _configure(self) -> None:
+        super()._configure()
+        peer = self.addressing.interface("a", "b").peer_address
+        dev = self.addressing.interface("a", "b").name
+        cmd = [part.format(peer=peer, dev=dev) for part in self.unsafe]
+        subprocess.run(["ip", "-n", self.netns("a"), *cmd], check=True)
+
+
+OUTSIDE = "linkscope-test-outside"
+
+
+@pytest.mark.parametrize(
+    ("unsafe", "message"),
+    [
+        (["route", "add", "default", "via", "{peer}"], "has a default route"),
+        (["route", "add", "192.0.2.0/24", "dev", "{dev}"], "outside 198.18.0.0/15"),
+        (["link", "add", "brtest", "type", "bridge"], "unexpected device brtest"),
+        (
+            ["link", "add", "leak", "type", "veth", "peer", "name", "leak", "netns", OUTSIDE],
+            "peer outside the lab",
+        ),
+    ],
+    ids=["default-route", "foreign-route", "unexpected-device", "foreign-veth"],
+)
+def test_up_refuses_an_unsafe_lab_and_removes_it(unsafe: list[str], message: str) -> None:
+    p = prefix()
+    outside = f"{OUTSIDE}-{secrets.token_hex(3)}"
+    unsafe = [outside if part == OUTSIDE else part for part in unsafe]
+    subprocess.run(["ip", "netns", "add", outside], check=True)
+    try:
+        lab = _UnsafeLab(CLEAN, p, unsafe)
+        with pytest.raises(LabError, match="refusing to continue: .*" + message):
+            lab.up()
+        assert not lab.is_up
+        assert traces(p) == []  # namespaces, /etc/netns, run dir, emulator: all gone
+        links = subprocess.run(
+            ["ip", "-n", outside, "-o", "link", "show"], capture_output=True, text=True, check=True
+        ).stdout
+        assert "leak" not in links  # the foreign veth went with the lab's namespace
     finally:
         subprocess.run(["ip", "netns", "del", outside], check=True)
 

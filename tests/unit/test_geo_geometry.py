@@ -273,3 +273,48 @@ def test_nothing_known_leaves_the_result_as_it_was(tmp_path: Path) -> None:
     result = annotate_result(original, empty)
     assert result == original  # no geo: every geo field stays None
     assert (result.detour_ratio, result.inflation, result.floor_rtt_ms) == (None, None, None)
+
+
+def test_hops_carry_the_distance_from_the_previous_located_point(tmp_path: Path) -> None:
+    geo = _lookup(tmp_path)
+    la = GeoPoint(34.05, -118.24)
+    trace = annotate_trace(_result(True, (350.0,)).trace, geo)  # type: ignore[arg-type]
+    km = [h.distance_km for h in trace.hops]
+    # hop 1 is private and hop 3 silent: no distance; hop 2 is the first located point
+    assert km[:3] == [None, None, None]
+    assert km[3] == pytest.approx(cosine_law_km(HANGZHOU, BEIJING), rel=1e-6)  # over the *
+    assert km[4] == pytest.approx(cosine_law_km(BEIJING, la), rel=1e-6)
+    assert km[5] == pytest.approx(cosine_law_km(la, SAO_PAULO), rel=1e-6)
+    doc = trace.to_dict()["hops"]
+    assert [h["distance_km"] for h in doc] == [None if k is None else round(k, 1) for k in km]
+    assert Trace.from_dict(trace.to_dict()).hops[4].distance_km == doc[4]["distance_km"]
+    # with the user's own location, the first located hop is measured from there
+    from_home = annotate_trace(trace, geo, source=(LONDON.lat, LONDON.lon))
+    assert from_home.hops[1].distance_km == pytest.approx(cosine_law_km(LONDON, HANGZHOU))
+    assert from_home.hops[3].distance_km == trace.hops[3].distance_km
+    # annotate_result passes its source on to the hops
+    result = annotate_result(_result(True, (350.0,)), geo, source=(LONDON.lat, LONDON.lon))
+    assert result.trace is not None and result.trace.hops[1].distance_km == pytest.approx(
+        cosine_law_km(LONDON, HANGZHOU)
+    )
+
+
+def test_trace_geometry_measures_the_reached_hop(tmp_path: Path) -> None:
+    """`linkscope trace` has no ping: the reached hop's p50 is the measured RTT."""
+    from linkscope.geo.annotate import annotate_trace_geometry
+
+    geo = _lookup(tmp_path)
+    trace, shape = annotate_trace_geometry(_result(True, (None,)).trace, geo)  # type: ignore[arg-type]
+    direct = cosine_law_km(HANGZHOU, SAO_PAULO)
+    floor = 2 * direct / (299_792.458 * 2 / 3) * 1000
+    assert shape.floor_rtt_ms == pytest.approx(floor, rel=1e-6)
+    assert shape.inflation == pytest.approx(350.0 / floor, rel=1e-6)  # p50 of hop 6
+    assert shape.detour_ratio is not None and shape.detour_ratio > 1.0
+    assert trace.hops[5].city == "São Paulo" and trace.hops[5].distance_km is not None
+    # the same figures as probe_target's result without a ping
+    result = annotate_result(_result(True, (None,)), geo)
+    assert (result.floor_rtt_ms, result.detour_ratio, result.inflation) == (
+        shape.floor_rtt_ms,
+        shape.detour_ratio,
+        shape.inflation,
+    )

@@ -79,6 +79,12 @@ CASES = [
         ["TCP port 22 timed out"],
         "poor",
     ),
+    (
+        "port without a route",
+        result(ping(1.0), tcp=(TcpRtt(ADDR, 22, "syn", (TcpAttempt("unreachable"),)),)),
+        ["TCP port 22 has no route"],
+        "poor",
+    ),
     ("detour", result(ping(100.0), inflation=3.2), ["3.2×", "detours"], "fair"),
     (
         "unreachable, silent after hop 2",
@@ -95,6 +101,12 @@ CASES = [
         "unreachable",
     ),
     ("unreachable, no trace", result(ping(None)), ["unreachable", "no traceroute"], "unreachable"),
+    (
+        "unreachable, no route",
+        result(ping(None), tcp=(TcpRtt(ADDR, 22, "syn", (TcpAttempt("unreachable"),) * 3),)),
+        ["unreachable", "no route to it from this host"],
+        "unreachable",
+    ),
     (
         "ping blocked, port open",
         result(ping(None), tcp=(TcpRtt(ADDR, 443, "syn", (TcpAttempt("ok", 5.0),)),)),
@@ -173,7 +185,7 @@ def results(draw: st.DrawFn) -> ProbeResult:
             st.none(), st.just(Trace("t", ADDR, "icmp", tuple(hops), reached=draw(st.booleans())))
         )
     )
-    status = st.sampled_from(["ok", "refused", "timeout", "error"])
+    status = st.sampled_from(["ok", "refused", "timeout", "unreachable", "error"])
     attempts = tuple(
         TcpAttempt(s, 1.0 if s in ("ok", "refused") else None)
         for s in draw(st.lists(status, max_size=3))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from rich.console import Console, Group
@@ -93,6 +94,9 @@ def trace_table(tr: Trace) -> Table:
     t = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
     for col in ("ttl", "host", "loss", "snt", "rcv", "min", "p50", "max", "jitter"):
         t.add_column(col, justify="left" if col == "host" else "right")
+    with_km = any(h.distance_km is not None for h in tr.hops)
+    if with_km:
+        t.add_column("km", justify="right")  # great-circle, from the previous located point
     with_geo = any(_geo(h) for h in tr.hops)
     if with_geo:
         t.add_column("where")
@@ -113,10 +117,25 @@ def trace_table(tr: Trace) -> Table:
             _ms(h.rtt_max_ms),
             _ms(h.jitter_ms),
         ]
+        if with_km:
+            row.append("-" if h.distance_km is None else f"{h.distance_km:,.0f}")
         if with_geo:
             row.append(_geo(h))
         t.add_row(*row)
     return t
+
+
+def geometry_line(
+    floor_rtt_ms: float | None, inflation: float | None, detour_ratio: float | None
+) -> Text | None:
+    """The line 'speed-of-light floor 176.1 ms, inflation 2.1×, detour 1.13×'; None without one."""
+    if floor_rtt_ms is None:
+        return None
+    return Text(
+        f"speed-of-light floor {floor_rtt_ms:.1f} ms"
+        + (f", inflation {inflation:.1f}×" if inflation else "")
+        + (f", detour {detour_ratio:.2f}×" if detour_ratio else "")
+    )
 
 
 def verdict_line(result: ProbeResult) -> Text:
@@ -139,14 +158,9 @@ def probe_renderable(result: ProbeResult) -> Group:
         parts.append(tcp_table(result.tcp))
     if result.trace is not None:
         parts.append(trace_table(result.trace))
-    if result.floor_rtt_ms is not None:
-        parts.append(
-            Text(
-                f"speed-of-light floor {result.floor_rtt_ms:.1f} ms"
-                + (f", inflation {result.inflation:.1f}×" if result.inflation else "")
-                + (f", detour {result.detour_ratio:.2f}×" if result.detour_ratio else "")
-            )
-        )
+    line = geometry_line(result.floor_rtt_ms, result.inflation, result.detour_ratio)
+    if line is not None:
+        parts.append(line)
     parts += [Text(f"note: {n}", style="yellow") for n in notes]
     parts.append(verdict_line(result))
     parts.append(Text(""))
@@ -159,7 +173,11 @@ def print_json(doc: Any) -> None:
     sys.stdout.flush()
 
 
-def print_trace(tr: Trace, console: Console) -> None:
+def print_trace(
+    tr: Trace, console: Console, figures: Mapping[str, float | None] | None = None
+) -> None:
+    """The trace table; ``figures`` are the JSON's floor_rtt_ms, inflation and detour_ratio."""
+    figures = figures or {}
     head = Text(tr.target, style="bold")
     if tr.address != tr.target:
         head.append(f" ({tr.address})", style="")
@@ -167,11 +185,17 @@ def print_trace(tr: Trace, console: Console) -> None:
         head.append(f"  {tr.duration_s * 1e3:.1f} ms", style="dim")
     console.print(head)
     console.print(trace_table(tr))
+    line = geometry_line(
+        figures.get("floor_rtt_ms"), figures.get("inflation"), figures.get("detour_ratio")
+    )
+    if line is not None:
+        console.print(line)
     if tr.note:
         console.print(Text(f"note: {tr.note}", style="yellow"))
 
 
 __all__ = [
+    "geometry_line",
     "ping_table",
     "print_json",
     "print_trace",
