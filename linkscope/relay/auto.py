@@ -718,7 +718,8 @@ class AutoRelay:
         self.setup_ms.setdefault(chain, deque(maxlen=20)).append(setup_ms)
 
     def chain_slow(self, chain: Chain, racing: Chain, after_s: float) -> None:
-        """``chain`` was not up after ``after_s``: the entry races ``racing`` against it."""
+        """A client's ``chain`` (and any alternative raced so far) was not up after ``after_s``:
+        the entry races ``racing`` beside it."""
         self.races += 1
         self._event(
             "chain_slow",
@@ -879,9 +880,10 @@ class AutoEntry:
     Bringing a client's chain up is a race, as happy eyeballs (RFC 8305) is for addresses:
 
     * the chain current at accept is tried first;
-    * if it is not up after a few times the chain-up time its measured RTTs predict (``_stagger``),
-      the decider's best alternative (sharing no relay with it, when there is one) is tried beside
-      it, and the client gets whichever comes up first;
+    * each time a few times the chain-up time its measured RTTs predict (``_stagger``) passes
+      with nothing up, the next of the decider's alternatives (the other viable chains, cheapest
+      first) is tried beside what is already running, and the client gets whichever comes up
+      first;
     * a chain that fails tells the decider at once (it fails over), and the client goes on over
       the new current chain.
 
@@ -987,6 +989,7 @@ class _ChainUp:
         self.won: asyncio.Future[tuple[Chain, Any]] = asyncio.get_running_loop().create_future()
         self.tried: list[Chain] = []
         self.attempts: list[asyncio.Task[None]] = []
+        self.started = asyncio.get_running_loop().time()
 
     def start(self, chain: Chain) -> None:
         self.tried.append(chain)
@@ -1028,8 +1031,9 @@ class _ChainUp:
         return self.won.result() if self.won.done() else None
 
     async def _wait(self, first: Chain, stagger: float) -> None:
-        """Until a chain is up: race an alternative once ``first`` is ``stagger`` late, go on
-        over each chain the relay fails over to; return early when every attempt has failed."""
+        """Until a chain is up: every ``stagger`` with nothing up, race the next alternative;
+        go on over each chain the relay fails over to; return early when every attempt has
+        failed and there is nothing left to try."""
         loop = asyncio.get_running_loop()
         relay = self.relay
         race_at: float | None = loop.time() + stagger
@@ -1043,11 +1047,15 @@ class _ChainUp:
             if not running:
                 return
             if race_at is not None and loop.time() >= race_at:
-                race_at = None
-                alt = relay.decider.alternative(first)
-                if alt is not None and alt not in self.tried and can_try:
-                    relay.chain_slow(first, alt, stagger)
-                    self.start(alt)
+                alt = next(
+                    (c for c in relay.decider.alternatives(first) if c not in self.tried), None
+                )
+                if alt is None or not can_try:
+                    race_at = None  # nothing left to race: wait for what runs
+                    continue
+                relay.chain_slow(first, alt, loop.time() - self.started)
+                self.start(alt)
+                race_at = loop.time() + stagger
                 continue
             waiter = loop.create_task(relay.failover_signal().wait(), name="auto-failover-wait")
             wake: set[asyncio.Future[Any]] = {self.won, waiter, *running}

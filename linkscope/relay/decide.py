@@ -280,16 +280,12 @@ class Decider:
     def streak(self, chain: Chain) -> int:
         return self._streaks.get(chain, 0)
 
-    def alternative(self, chain: Chain) -> Chain | None:
-        """The chain to race against ``chain`` when it is slow to come up: the cheapest viable
-        one of the last round that shares no relay with it (a slow relay slows every chain
-        through it), else the cheapest other viable one; None when there is none."""
+    def alternatives(self, chain: Chain) -> list[Chain]:
+        """The chains to race, one after another, against ``chain`` when it is slow to come up:
+        the viable chains of the last round other than it, cheapest first."""
         if self._last is None:
-            return None
-        others = [c.hops for c in self.viable(self._last) if c.hops != chain]
-        disjoint = [h for h in others if not set(h) & set(chain)]
-        candidates = disjoint or others
-        return candidates[0] if candidates else None
+            return []
+        return [c.hops for c in self.viable(self._last) if c.hops != chain]
 
     # -- inputs --
     def on_round(self, rnd: Round) -> Decision:

@@ -261,9 +261,9 @@ def rig(brazil_lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[A
     assert '"event": "stop"' in log and "Traceback" not in log, log[-3000:]
 
 
-RELAYED = {"sh", "sh→mx", "mx"}  # as the log lines name chains
-# In the lab, home reaches mx only through sh's router (home-sh-mx is the shortest hop path), so
-# the one-relay chain "mx" also carries the traffic through sh: all three avoid bj-us.
+RELAYED = {"sh", "sh→mx"}  # the chains over the premium line, as the log lines name them
+# home reaches mx itself only over the lossy bj-us transit (the ISP's routing), so "mx" alone is
+# a poor chain: it pays off behind sh.
 
 
 def test_initial_choice_relays_via_sh_and_says_why(rig: AutoRig) -> None:
@@ -272,8 +272,7 @@ def test_initial_choice_relays_via_sh_and_says_why(rig: AutoRig) -> None:
     assert first["chain"] in RELAYED, first
     assert "better than direct" in first["reason"]
     assert first["predicted_loss"] is not None and first["predicted_loss"] < 0.15
-    path = rig.lab.path("home", "mx")
-    assert "sh" in path and "bj" not in path
+    assert "bj" in rig.lab.path("home", "mx")  # why "mx" alone is not the choice
 
 
 def test_transfer_1mb_at_least_3x_faster_than_direct(rig: AutoRig) -> None:
@@ -332,13 +331,13 @@ def _wait_current(rig: AutoRig, pred: Any, timeout: float) -> str:
 
 
 def test_failover_within_5s_then_return_after_hysteresis(rig: AutoRig) -> None:
-    """Cut sh-mx under a chain through mx: failover within 5 s; restore it: return only after
-    the hysteresis rounds.
+    """Cut sh-mx under sh→mx: failover within 5 s; restore it: return only after the hysteresis
+    rounds.
 
-    In the plain lab "sh" and the chains through mx are within ~20 % of each other, so which of
-    them is best, and whether a restored link wins back, is a coin flip of 15-probe loss
-    windows. For the whole test sh-br carries 50 ms more each way: the chains through mx are
-    then ~35 % better than "sh", and "sh" still ~35 % better than direct.
+    In the plain lab "sh" and "sh→mx" are within ~20 % of each other, so which of them is best,
+    and whether a restored link wins back, is a coin flip of 15-probe loss windows. For the whole
+    test sh-br carries 50 ms more each way: sh→mx is then ~35 % better than "sh", and "sh" still
+    ~35 % better than direct.
     """
     lab = rig.lab
     base = lab.link_params("sh", "br").delay_ms
@@ -351,18 +350,19 @@ def test_failover_within_5s_then_return_after_hysteresis(rig: AutoRig) -> None:
             # a new client request every 0.2 s; service is restored when one gets an answer
             w = rig.client("watch", "127.0.0.1", str(RELAY_PORT), "0.2", "15", "10", timeout=40)
             restored = w["answered_at"] - wall_cut if w["ok"] else None
-            in_use = rig.current()
             fo, _ = rig.wait_for(lambda d: d["kind"] == "failover", timeout=10, after=n)
             fo_s = _wall(fo["ts"]) - wall_cut
+            in_use = rig.current()
+            races = [e for e in rig.events() if e.get("event") == "chain_slow"]
             print(f"cut sh-mx under {before}: failover after {fo_s:.2f} s ({fo['reason']}); "
-                  f"service restored after {restored} s, on {in_use}")  # fmt: skip
+                  f"first answer after {restored} s; now on {in_use}; "
+                  f"{len(races)} slow chain-ups raced")  # fmt: skip
+            # a client may be answered before the failover: its chain-up raced "sh" beside the
+            # stalled sh→mx (AutoEntry), which is what restores service between rounds
             assert restored is not None and restored < 5.0
             assert fo_s < 5.0
             assert fo["previous"] == before
-            # the chain that serves avoids the cut link (the failover avoids mx, which stopped
-            # answering; a chain-up timeout, which names no hop, could still have picked
-            # another chain through mx first)
-            assert not via_mx(in_use)
+            assert not via_mx(in_use)  # the failover avoided mx, which sh could not reach
             after_fo = len(rig.decisions())
             time.sleep(2 * INTERVAL)  # the cut link stays dead: no change back onto it
             moved = [d for d in rig.decisions()[after_fo:] if d["kind"] in ("switch", "failover")]
@@ -383,15 +383,16 @@ def test_failover_within_5s_then_return_after_hysteresis(rig: AutoRig) -> None:
     assert t_back - t_restore >= (ROUNDS - 1) * INTERVAL
 
 
-def test_cut_premium_line_fails_over_to_direct(rig: AutoRig) -> None:
-    """home-sh cut: every relay is behind it, so the direct path (39 % loss) is what is left.
-
-    The failover is as quick; the first connection over the lossy direct path then takes as long
-    as TCP needs to get a SYN and a reply through 39 % loss, which is measured, not promised.
+def test_cut_premium_line_fails_over_to_what_is_left(rig: AutoRig) -> None:
+    """home-sh cut: the chains over the premium line are gone; what is left reaches br over the
+    lossy transit, directly or through mx (which splits the path into a lossy and a clean TCP
+    segment). The failover is as quick; the first answer then takes as long as TCP needs to get
+    a SYN and a reply through the transit's loss, which is measured, not promised.
     """
     lab = rig.lab
     assert rig.current() in RELAYED
     n = len(rig.decisions())
+    premium = lambda c: _crosses(lab, c, "home", "sh")  # noqa: E731
     with lab.impaired("home", "sh", loss=1.0):
         wall_cut = time.time()
         fo, _ = rig.wait_for(lambda d: d["kind"] == "failover", timeout=10, after=n)
@@ -402,14 +403,20 @@ def test_cut_premium_line_fails_over_to_direct(rig: AutoRig) -> None:
         print(f"cut home-sh: failover after {fo_s:.2f} s ({fo['reason']}); first connection "
               f"answered after {restored} s; now on {last['chain']}")  # fmt: skip
         assert fo_s < 5.0
-        assert last["chain"] == "direct"
+        assert not premium(last["chain"])
         assert restored is not None
-    rig.wait_for(lambda d: d["kind"] == "switch", timeout=60, after=len(rig.decisions()))
-    assert rig.current() in RELAYED
+    # back over the premium line once it is restored: a switch after the hysteresis rounds, or
+    # a failover when the lossy path fails a chain-up first
+    back, _ = rig.wait_for(
+        lambda d: d["kind"] in ("switch", "failover") and premium(d["chain"]),
+        timeout=60,
+        after=len(rig.decisions()),
+    )
+    assert rig.current() in RELAYED, back
 
 
 def test_flapping_link_causes_at_most_one_switch_per_window(rig: AutoRig) -> None:
-    """sh-br's delay oscillates so that "sh" is ~25 % better, then ~5 % worse, than mx.
+    """sh-br's delay oscillates so that "sh" is ~25 % better, then ~15 % worse, than sh→mx.
 
     First round by round (no streak can build), then two rounds each way, and the switches that
     follow are counted: never two within one hysteresis window.
@@ -421,7 +428,7 @@ def test_flapping_link_causes_at_most_one_switch_per_window(rig: AutoRig) -> Non
     pattern = "gbgbgbgb" + "ggbbggbb"
     with lab.impaired("sh", "br", loss=0.0):
         for c in pattern:
-            lab.set_link("sh", "br", delay_ms=base - 50.0 if c == "g" else base)
+            lab.set_link("sh", "br", delay_ms=base - 60.0 if c == "g" else base)
             time.sleep(INTERVAL)
     elapsed = time.monotonic() - t0
     during = rig.decisions()[n:]

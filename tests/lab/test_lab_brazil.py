@@ -109,7 +109,14 @@ def test_ping_agrees_with_every_link_and_path(lab_factory) -> None:  # type: ign
         assert out.dropped_loss == COUNT - out.packets
         assert back.packets == results[link.name].received
 
-    paths = [["home", "bj", "us", "br"], ["home", "sh"], ["sh", "br"], ["sh", "mx"], ["mx", "br"]]
+    paths = [
+        ["home", "bj", "us", "br"],
+        ["home", "sh"],
+        ["sh", "br"],
+        ["sh", "mx"],
+        ["mx", "br"],
+        ["home", "bj", "us", "mx"],
+    ]
     for path in paths:
         assert lab.path(path[0], path[-1]) == path
     with ThreadPoolExecutor(len(paths)) as pool:
@@ -124,6 +131,7 @@ def test_ping_agrees_with_every_link_and_path(lab_factory) -> None:  # type: ign
     assert 0.30 <= 1 - direct.received / COUNT <= 0.48
     assert path_results[1].received == COUNT  # home -> sh is clean
     assert 0.04 <= 1 - path_results[2].received / COUNT <= 0.15  # sh -> br ~9 %
+    assert 0.20 <= 1 - path_results[5].received / COUNT <= 0.40  # home -> mx: the transit, ~30 %
 
 
 def test_traceroute_lists_the_detour(brazil_lab: Lab) -> None:
@@ -370,26 +378,31 @@ def test_brazil_file_is_what_the_fixture_runs(brazil_lab: Lab) -> None:
         return rtt, 1 - delivered
 
     # the motivating case: the default route detours via bj and us, ~350 ms and ~39 % loss;
-    # a relay at sh sees ~9 % loss, and sh then mx is cleaner still
+    # a relay at sh sees ~9 % loss, and sh then mx is cleaner still; mx is reached from home
+    # only over the same transit (~30 % loss), so mx helps behind sh, not alone
     assert running.path("home", "br") == ["home", "bj", "us", "br"]
     assert running.path("home", "sh") == ["home", "sh"] and running.path("sh", "br") == ["sh", "br"]
+    assert running.path("home", "mx") == ["home", "bj", "us", "mx"]
+    assert running.path("mx", "home") == ["mx", "us", "bj", "home"]
     direct_rtt, direct_loss = round_trip(["home", "bj", "us", "br"])
     assert 340 <= direct_rtt <= 360 and 0.36 <= direct_loss <= 0.42
     via_sh = round_trip(["home", "sh", "br"])[1]
     assert 0.07 <= via_sh <= 0.11
     assert round_trip(["home", "sh", "mx", "br"])[1] < via_sh
+    assert 0.25 <= round_trip(["home", "bj", "us", "mx"])[1] <= 0.35
 
 
 def test_mtr_sees_no_false_loss_at_a_clean_hop(brazil_lab: Lab) -> None:
-    """icmp_ratelimit = 0: 40 probes at 20/s to hop sh (behind the clean home-sh line) all answered;
-    the kernel default (1 error per second per destination after a burst) would drop most."""
+    """icmp_ratelimit = 0: 40 probes at 20/s to hop home (from sh, over the clean premium line)
+    all answered; the kernel default (1 error per second per destination after a burst) would
+    drop most."""
     lab = brazil_lab
-    assert lab.path("home", "mx") == ["home", "sh", "mx"]
+    assert lab.path("sh", "bj") == ["sh", "home", "bj"]
     res = lab.exec(
-        "home", ["mtr", "-n", "-r", "-c", "40", "-i", "0.05", "--gracetime", "1", "mx"], timeout=60
+        "sh", ["mtr", "-n", "-r", "-c", "40", "-i", "0.05", "--gracetime", "1", "bj"], timeout=60
     )
     assert res.returncode == 0, res.stderr
     hop1 = next(line for line in res.stdout.splitlines() if line.strip().startswith("1."))
     fields = hop1.split()
-    assert fields[1] == lab.link_address("sh", "home")
+    assert fields[1] == lab.link_address("home", "sh")
     assert fields[2] == "0.0%", res.stdout

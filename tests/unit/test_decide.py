@@ -270,19 +270,15 @@ def test_chain_up_failure_avoids_the_hop_that_did_not_answer() -> None:
     assert out2 is not None and out2.chain == SH
 
 
-def test_alternative_to_race_shares_no_relay_when_it_can() -> None:
+def test_alternatives_to_race_are_the_other_viable_chains_cheapest_first() -> None:
     d = decider()
-    assert d.alternative(SH) is None  # no round yet
+    assert d.alternatives(SH) == []  # no round yet
     d.on_round(round_from_costs({DIRECT: 300.0, SH: 100.0, SHMX: 90.0, MX: 95.0}))
-    assert d.current == SHMX
-    assert d.alternative(SHMX) == DIRECT  # mx and sh both share a relay with sh→mx
-    assert d.alternative(MX) == SH  # sh→mx goes through mx too
-    d2 = decider()
-    d2.on_round(round_from_costs({DIRECT: 300.0, SHMX: 90.0, MX: 95.0}, [("home", "br")]))
-    assert d2.alternative(SHMX) == MX  # nothing disjoint is viable: the cheapest other one
-    d3 = decider()
-    d3.on_round(round_from_costs({DIRECT: 300.0}))
-    assert d3.alternative(DIRECT) is None
+    assert d.alternatives(SHMX) == [MX, SH, DIRECT]
+    d.on_round(round_from_costs({DIRECT: 300.0, SH: 100.0, SHMX: 90.0, MX: 95.0}, [("mx", "br")]))
+    assert d.alternatives(SHMX) == [SH, DIRECT]  # nothing over a dead segment
+    d.on_chain_failed(ChainFailed(SH, "refused", ("home", "sh")))
+    assert d.alternatives(SHMX) == [DIRECT]  # nor a held-down chain
 
 
 @pytest.mark.parametrize(
