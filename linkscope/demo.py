@@ -2,9 +2,10 @@
 
 Builds the lab (namespaces + userspace link emulator; needs root), then, as a user at `home` would:
 probes `br` (ping, TCP RTT, traceroute with geo per hop) and sees the detour and the loss;
-measures the candidate relays `sh` and `mx`; plans a chain against the direct path; relays real
-keystrokes through the chain and compares them with the direct path; writes a picture of it; and
-removes the lab. Without root it probes 127.0.0.1 instead and says why.
+starts relay agents on `sh` and `mx`; plans a chain, measured live from home and through the
+agents, against the direct path; relays real keystrokes through the chain and compares them with
+the direct path; writes a picture of it; and removes the lab. Without root it probes 127.0.0.1
+instead and says why.
 
 Every command shown is the real `linkscope` CLI, run inside the lab node, with its real output.
 """
@@ -26,8 +27,9 @@ from linkscope.errors import LinkscopeError
 
 PY = sys.executable
 OUT = Path(os.environ.get("LINKSCOPE_DEMO_DIR", "demo-output"))
-# the relayed edges every candidate chain needs (home measures its own, each relay its outgoing)
-EDGES = [("home", "br"), ("home", "sh"), ("sh", "br"), ("sh", "mx"), ("mx", "br")]
+RELAYS = ("sh", "mx")
+AGENT_PORT = 7070
+SERVER_PORT = 22
 
 ECHO_SERVER = textwrap.dedent(
     """
@@ -76,17 +78,12 @@ def run_in(lab: Any, node: str, argv: list[str], *, ok: tuple[int, ...] = (0, 1)
     show(node, argv)
     res = lab.exec(node, [PY, "-m", "linkscope", *argv], timeout=180, env={"COLUMNS": "110"})
     sys.stdout.write(res.stdout)
+    for line in res.stderr.splitlines():  # warnings and notes, as a user would see them
+        if line.startswith("linkscope: "):
+            print(line)
     if res.returncode not in ok:
         raise LinkscopeError(f"linkscope {argv[0]} in {node} failed: {res.stderr.strip()[-300:]}")
     return str(res.stdout)
-
-
-def json_in(lab: Any, node: str, argv: list[str]) -> dict[str, Any]:
-    res = lab.exec(node, [PY, "-m", "linkscope", *argv, "--json"], timeout=180)
-    if res.returncode not in (0, 1):
-        raise LinkscopeError(f"linkscope {argv[0]} in {node} failed: {res.stderr.strip()[-300:]}")
-    doc: dict[str, Any] = json.loads(res.stdout)
-    return doc
 
 
 def median(xs: list[float]) -> float:
@@ -135,74 +132,34 @@ def lab_demo(work: Path) -> None:
 
 
 def run_story(lab: Any, work: Path, db: Path, geoip: str) -> None:
-    """Probe, measure, plan, relay, picture: the loop linkscope automates."""
+    """Probe, plan (measured live through the agents), relay, picture: the loop linkscope
+    automates, step by step."""
     banner("1. probe br from home: ping, TCP RTT, traceroute with geo/ASN per hop")
     run_in(
         lab,
         "home",
-        [
-            "probe",
-            "br",
-            "--count",
-            "40",
-            "--interval",
-            "0.05",
-            "--port",
-            "22",
-            "--geoip",
-            geoip,
-            "--db",
-            str(db),
-        ],
-    )
+        ["probe", "br", "--count", "40", "--interval", "0.05", "--port", str(SERVER_PORT),
+         "--geoip", geoip, "--db", str(db)],
+    )  # fmt: skip
 
-    banner("2. measure the candidate relays (what each relay's agent reports)")
-    edges = []
-    for src, dst in EDGES:
-        doc = json_in(
+    banner("2. start the relay agents on sh and mx")
+    procs: list[subprocess.Popen[Any]] = []
+    try:
+        inventory = start_agents(lab, work, procs)
+
+        banner("3. plan a relay chain to br, measured now from home and through the agents")
+        run_in(
             lab,
-            src,
-            [
-                "probe",
-                dst,
-                "--count",
-                "60",
-                "--interval",
-                "0.02",
-                "--timeout",
-                "1",
-                "--no-trace",
-                "--no-geo",
-                "--db",
-                str(work / f"{src}.db"),
-            ],
-        )
-        p = doc["ping"]
-        edges.append(
-            {
-                "from": src,
-                "to": dst,
-                "rtt_ms": p["rtt_p50_ms"],
-                "loss": p["loss"],
-                "jitter_ms": p.get("jitter_ms") or 0.0,
-            }
-        )
-        rtt = "-" if p["rtt_p50_ms"] is None else f"{p['rtt_p50_ms']:.0f} ms"
-        print(f"  {src:>4} -> {dst:<3} rtt {rtt:>7}  loss {p['loss']:.0%}")
-    measurements = work / "measurements.json"
-    measurements.write_text(json.dumps({"source": "home", "edges": edges}, indent=1))
+            "home",
+            ["plan", "br", "--via", ",".join(RELAYS), "--nodes", str(inventory), "--from", "home",
+             "--count", "40", "--db", str(db)],
+        )  # fmt: skip
+        chain = planned_chain(db)
 
-    banner("3. plan a relay chain to br (interactive cost model)")
-    run_in(
-        lab,
-        "home",
-        ["plan", "br", "--measurements", str(measurements), "--via", "sh,mx", "--db", str(db)],
-    )
-    plan = json_in(lab, "home", ["plan", "br", "--measurements", str(measurements)])
-    chain = plan["chains"][0]["hops"]
-
-    banner(f"4. relay through {' -> '.join(chain)} and type 30 keystrokes, direct vs relayed")
-    relay_compare(lab, work, chain)
+        banner(f"4. relay through {' -> '.join(chain)} and type 30 keystrokes, direct vs relayed")
+        relay_compare(lab, inventory, chain, procs)
+    finally:
+        stop_all(procs)
 
     banner("5. picture of it")
     OUT.mkdir(parents=True, exist_ok=True)
@@ -214,86 +171,96 @@ def run_story(lab: Any, work: Path, db: Path, geoip: str) -> None:
     print(f"wrote {png}")
 
 
-def relay_compare(lab: Any, work: Path, chain: list[str]) -> None:
-    """Agents on the chain's nodes, an echo server on br, `linkscope relay --chain` on home."""
-    port, agent_port, entry = 22, 7070, ("127.0.0.1", 2222)
+def start_agents(lab: Any, work: Path, procs: list[subprocess.Popen[Any]]) -> Path:
+    """A key and an agent on each relay node, and the inventory naming them; returns its path.
+
+    Each agent may connect on to the server's port on br and to the other agents' port: the
+    allowlists a real deployment would give.
+    """
+    br = lab.address("br")
     inventory = work / "nodes.toml"
     lines = []
-    for name in chain:
+    for name in RELAYS:
         key = work / f"{name}.key"
+        show("home", ["keygen", str(key)])
         subprocess.run([PY, "-m", "linkscope", "keygen", str(key)], check=True)
-        lines += [
-            f"[nodes.{name}]",
-            f'host = "{lab.address(name)}"',
-            f"port = {agent_port}",
-            f'key_file = "{key}"',
-            "",
-        ]
+        lines += [f"[nodes.{name}]", f'host = "{lab.address(name)}"', f"port = {AGENT_PORT}"]
+        lines += [f'key_file = "{key}"', ""]
     inventory.write_text("\n".join(lines))
-    procs: list[subprocess.Popen[Any]] = []
-    try:
-        for name in chain:
-            procs.append(
-                lab.popen(
-                    name,
-                    [
-                        PY,
-                        "-m",
-                        "linkscope",
-                        "agent",
-                        "--listen",
-                        f"0.0.0.0:{agent_port}",
-                        "--key-file",
-                        str(work / f"{name}.key"),
-                        "--allow",
-                        "198.18.0.0/15",
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
-        for name in chain:
-            wait_port(lab, "home", lab.address(name), agent_port)
-        argv = [
-            "relay",
-            "--listen",
-            f"{entry[0]}:{entry[1]}",
-            "--to",
-            f"{lab.address('br')}:{port}",
-            "--chain",
-            ",".join(chain),
-            "--nodes",
-            str(inventory),
-        ]
-        show("home", argv)
+    for name in RELAYS:
+        key_file = str(work / f"{name}.key")
+        argv = ["agent", "--listen", f"0.0.0.0:{AGENT_PORT}", "--key-file", key_file,
+                "--allow", f"{br}/32:{SERVER_PORT}",
+                "--allow-hop", f"198.18.0.0/15:{AGENT_PORT}"]  # fmt: skip
+        show(name, argv)
         procs.append(
             lab.popen(
-                "home",
+                name,
                 [PY, "-m", "linkscope", *argv],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
         )
-        wait_port(lab, "home", *entry)
-        direct = keystrokes(lab, lab.address("br"), port)
-        relayed = keystrokes(lab, *entry)
-        for label, d in (("direct ", direct), ("relayed", relayed)):
-            print(
-                f"  {label}: keystroke echo median {median(d):6.0f} ms, "
-                f"worst {max(d):6.0f} ms over {len(d)} keystrokes"
-            )
-        print(
-            f"  relaying cut the worst echo by {max(direct) / max(relayed):.1f}x "
-            f"and the median by {median(direct) / median(relayed):.2f}x"
+    for name in RELAYS:
+        wait_port(lab, "home", lab.address(name), AGENT_PORT)
+    return inventory
+
+
+def planned_chain(db: Path) -> list[str]:
+    """The best chain of the plan just made, from the history database it was recorded in."""
+    from linkscope.store import Store
+
+    with Store(db) as store:
+        plans = store.plans(target="br")
+    if not plans:
+        raise LinkscopeError("the plan was not recorded in the history")
+    last = max(p["plan_id"] for p in plans)
+    best = next((p for p in plans if p["plan_id"] == last and p["rank"] == 1), None)
+    if best is None or not (best["gain"] or 0) > 0:  # rank 1 is the best chain, 0 the direct path
+        raise LinkscopeError("the plan found no relay chain better than the direct path")
+    return str(best["hops"]).split(",")
+
+
+def relay_compare(
+    lab: Any, inventory: Path, chain: list[str], procs: list[subprocess.Popen[Any]]
+) -> None:
+    """`linkscope relay --chain` on home through the running agents to the echo server on br;
+    30 keystrokes direct, then 30 relayed."""
+    entry = ("127.0.0.1", 2222)
+    argv = ["relay", "--listen", f"{entry[0]}:{entry[1]}", "--to",
+            f"{lab.address('br')}:{SERVER_PORT}", "--chain", ",".join(chain), "--nodes",
+            str(inventory)]  # fmt: skip
+    show("home", argv)
+    procs.append(
+        lab.popen(
+            "home",
+            [PY, "-m", "linkscope", *argv],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
+    )
+    wait_port(lab, "home", *entry)
+    direct = keystrokes(lab, lab.address("br"), SERVER_PORT)
+    relayed = keystrokes(lab, *entry)
+    for label, d in (("direct ", direct), ("relayed", relayed)):
+        print(
+            f"  {label}: keystroke echo median {median(d):6.0f} ms, "
+            f"worst {max(d):6.0f} ms over {len(d)} keystrokes"
+        )
+    print(
+        f"  relaying cut the worst echo by {max(direct) / max(relayed):.1f}x "
+        f"and the median by {median(direct) / median(relayed):.2f}x"
+    )
+
+
+def stop_all(procs: list[subprocess.Popen[Any]]) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 def loopback_demo(work: Path, why: str) -> None:

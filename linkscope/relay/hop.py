@@ -123,10 +123,13 @@ class HopPolicy:
             raise WireError(Status.NOT_ALLOWED, f"{what} {address}:{layer.port}")
 
     def check_probe_target(self, address: str, ports: tuple[int, ...]) -> bool:
-        """A probe target is measured only if the address (and each port asked) is allowed."""
+        """A probe target is measured only if the address (and each port asked) is allowed: as
+        a target, or as a next hop (measuring the edge to the next agent is what a chain
+        through it needs)."""
+        lists = [self.allow] if self.allow_hops is None else [self.allow, self.allow_hops]
         if not ports:
-            return self.allow.allows(address)
-        return all(self.allow.allows(address, p) for p in ports)
+            return any(rules.allows(address) for rules in lists)
+        return any(all(rules.allows(address, p) for p in ports) for rules in lists)
 
 
 __all__ = ["HopMachine", "HopPolicy", "HopState", "TokenBucket"]

@@ -464,3 +464,17 @@ def test_policy_holds_next_hops_to_the_allowlist_unless_told_otherwise() -> None
     hops = HopPolicy(KEY, allow=Allowlist.parse(["127.0.0.1/32:22"]),
                      allow_hops=Allowlist.parse(["198.19.9.0/24:6379"]))  # fmt: skip
     hops.check_target(layer, "198.19.9.9")
+
+
+def test_probe_targets_are_allowed_as_targets_or_as_next_hops() -> None:
+    """An agent measures the edge to a next-hop agent it may chain to, not only to targets."""
+    policy = HopPolicy(
+        KEY,
+        allow=Allowlist.parse(["198.18.0.4/32:22"]),
+        allow_hops=Allowlist.parse(["198.18.0.0/24:7070"]),
+    )
+    assert policy.check_probe_target("198.18.0.4", ())  # the target
+    assert policy.check_probe_target("198.18.0.6", ())  # a next hop's host
+    assert policy.check_probe_target("198.18.0.6", (7070,))  # and its agent port
+    assert not policy.check_probe_target("198.18.0.6", (22,))  # not any port of it
+    assert not policy.check_probe_target("198.18.1.9", ())  # nor anything else
