@@ -1,10 +1,14 @@
-"""Shared test configuration: privilege detection for root/lab tests."""
+"""Shared test configuration: privilege detection for root/lab tests; no DNS from tests."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
+import socket
 import tempfile
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -30,3 +34,49 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_lab)
         elif "root" in item.keywords and not IS_ROOT:
             item.add_marker(skip_root)
+
+
+def _hosts_file() -> dict[str, list[str]]:
+    """Names in /etc/hosts and their addresses."""
+    out: dict[str, list[str]] = {}
+    try:
+        lines = open("/etc/hosts").read().splitlines()  # noqa: SIM115
+    except OSError:
+        return out
+    for line in lines:
+        fields = line.split("#", 1)[0].split()
+        for name in fields[1:]:
+            out.setdefault(name.lower(), []).append(fields[0])
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _no_dns(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Tests send nothing to any address but loopback and their own labs, a DNS query included:
+    in this process a name is answered from /etc/hosts or not at all (as NXDOMAIN would be).
+    Processes the tests start are covered by ``make test``, which runs pytest in a network
+    namespace of its own when root (only its loopback exists there)."""
+    real = socket.getaddrinfo
+    hosts = _hosts_file()
+
+    def getaddrinfo(host: Any, port: Any, family: int = 0, *args: Any, **kw: Any) -> Any:
+        if host is None:
+            return real(host, port, family, *args, **kw)
+        name = host.decode() if isinstance(host, bytes) else str(host)
+        try:
+            ipaddress.ip_address(name.strip("[]").split("%", 1)[0])
+        except ValueError:
+            pass
+        else:
+            return real(host, port, family, *args, **kw)
+        out = []
+        for address in hosts.get(name.lower().rstrip("."), []):
+            fam = socket.AF_INET6 if ":" in address else socket.AF_INET
+            if family in (0, fam):
+                out.extend(real(address, port, fam, *args, **kw))
+        if not out:
+            raise socket.gaierror(socket.EAI_NONAME, f"{name}: not in /etc/hosts (no DNS in tests)")
+        return out
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    yield

@@ -349,7 +349,7 @@ def test_dry_run_json_plans_without_listening(agents: Agents, echo: EchoServer) 
     r = subprocess.run(
         [PY, "-m", "linkscope", "relay", "--auto", "--listen", "127.0.0.1:0", "--to",
          f"127.0.0.1:{echo.port}", "--nodes", str(agents.inventory_path), "--dry-run", "--json",
-         "--probe-count", "3"],
+         "--probe-count", "10"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -358,8 +358,9 @@ def test_dry_run_json_plans_without_listening(agents: Agents, echo: EchoServer) 
     doc = json.loads(r.stdout)
     assert doc["dry_run"] is True and doc["model"] == "interactive"
     assert doc["decision"]["kind"] == "initial"
-    # on loopback nothing beats the direct path
-    assert doc["chain"] == [] and doc["decision"]["chain"] == []
+    # on loopback nothing beats the direct path (10 probes a segment: the median RTT is not
+    # a scheduling hiccup of a loaded machine, which 3 probes once let a chain win by)
+    assert doc["chain"] == [] and doc["decision"]["chain"] == [], doc["segments"]
     hops = {tuple(c["hops"]) for c in doc["chains"]}
     assert {(), ("sh",), ("mx",), ("sh", "mx"), ("mx", "sh")} <= hops
     segs = {(s["from"], s["to"]) for s in doc["segments"]}
@@ -393,7 +394,7 @@ def test_serve_logs_decisions_and_stops_gracefully_on_sigterm(
     p = subprocess.Popen(
         [PY, "-m", "linkscope", "relay", "--auto", "--listen", f"127.0.0.1:{port}", "--to",
          f"127.0.0.1:{echo.port}", "--nodes", str(agents.inventory_path), "--interval", "0.5",
-         "--probe-count", "3", "--db", str(db), "--json"],
+         "--probe-count", "10", "--db", str(db), "--json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
