@@ -83,10 +83,11 @@ class LiveProber:
         self, node: Any, hosts: Sequence[str]
     ) -> Mapping[str, list[float | None] | str]:
         from linkscope.probe import PingStats
+        from linkscope.relay.auto import AGENT_SLACK_S
         from linkscope.relay.entry import probe_via_agent
 
-        # longer than the round's own limit, so a slow agent shows up as a plain TimeoutError
-        budget = self.count * self.interval + self.timeout + 3.0
+        # longer than the round's own limit for agents, so a slow one is a plain TimeoutError
+        budget = self.count * self.interval + self.timeout + AGENT_SLACK_S + 3.0
         doc = await probe_via_agent(node, list(hosts), (), self.count, timeout=budget)
         out: dict[str, list[float | None] | str] = {}
         for r in doc.get("results", []):

@@ -53,6 +53,12 @@ from linkscope.relay.decide import (
     segments,
 )
 
+AGENT_SLACK_S = 8.0
+"""How much longer than a local probe an agent's request may take: the request crosses the path
+to the agent, and over a lossy one TCP's retransmissions cost seconds (a lost SYN alone 1 s, a
+second one 2 s more). Too tight, and an agent behind a lossy path reads as down, failing every
+chain through it; a request pending this long does not delay the rounds (``AgentRequests``)."""
+
 MODELS = ("interactive", "latency", "loss", "throughput")
 SOURCE = "local"
 """The planner's name for this machine (the entry)."""
@@ -185,13 +191,15 @@ async def measure_round(
     timeout: float | None = None,
     on_segment: SegmentCallback | None = None,
     agents: AgentRequests | None = None,
+    agent_slack: float = AGENT_SLACK_S,
 ) -> RoundSamples:
     """Measure every segment once, concurrently: local probes and one request per agent.
 
     ``on_segment`` hears each segment's samples as soon as they are in, before the slowest
     probe of the round (e.g. an agent behind a cut link, which only times out) has finished:
     that is what lets a failover start at once. Without ``agents`` the round waits for every
-    agent (the first round, a dry run); with it, see ``AgentRequests``.
+    agent (the first round, a dry run); with it, see ``AgentRequests``. ``timeout`` bounds one
+    local probe; an agent's request gets ``agent_slack`` more.
     """
     t0 = time.monotonic()
     nodes = list(cfg.nodes.nodes.values())
@@ -220,7 +228,7 @@ async def measure_round(
     async def agent(node: Node) -> AgentResult:
         hosts = [cfg.target_host, *[n.host for n in nodes if n.name != node.name]]
         try:
-            async with asyncio.timeout(limit):
+            async with asyncio.timeout(limit + agent_slack):
                 res = await prober.via_agent(node, hosts)
         except Exception as exc:
             # its agent did not answer: no chain through it (a mere timeout is soft evidence)
@@ -291,11 +299,9 @@ async def measure_round(
 
 
 def _round_budget(cfg: AutoConfig) -> float:
-    """How long one probe of a round may take: all its pings, the last one's timeout, and a
-    margin for the request to an agent (a connect and a reply over paths of a few hundred ms).
-
-    Kept tight, because a hanging agent holds the round and so the next local probes; an agent
-    that is merely slow once is forgiven (``AutoRelay._forgive_slow_agents``)."""
+    """How long one local probe of a round may take: all its pings, the last one's timeout, and
+    a margin. An agent's request gets ``AGENT_SLACK_S`` more (an agent that times out once is
+    still forgiven: ``AutoRelay._forgive_slow_agents``)."""
     return cfg.probe_count * cfg.probe_interval + cfg.probe_timeout + 1.0
 
 
@@ -1086,6 +1092,7 @@ def suspect_segment(
 
 
 __all__ = [
+    "AGENT_SLACK_S",
     "MODELS",
     "SOURCE",
     "AgentRequests",

@@ -148,7 +148,7 @@ async def test_set_chain_moves_new_connections_only(
 
 
 async def test_probe_via_agent(make_agent: AgentFactory, echo: EchoServer) -> None:
-    _, a = await make_agent(allow=["127.0.0.1/32"])
+    _, a = await make_agent(allow=["127.0.0.1/32"], allow_hops=None)  # 127.0.0.5: neither
     port = echo.address[1]
     result = await probe_via_agent(a, ["127.0.0.1", "127.0.0.5"], [port], count=2)
     ok, refused = result["results"]
