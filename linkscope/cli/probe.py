@@ -166,21 +166,23 @@ def probe(
     names = read_targets(targets or [], file)
     family = address_family(ipv4, ipv6)
     check_plot_path(plot)
-    check_probe_args(
-        count=count,
-        interval=interval,
-        timeout=timeout,
-        ports=port,
-        tcp_attempts=attempts,
-        with_trace=not no_trace,
-        protocol=protocol,
-        probes=probes,
-        max_ttl=max_ttl,
-        trace_timeout=timeout,
-        method=method,
-        tcp_method=tcp_method,
-        trace_method=trace_method,
-    )
+    # what probe_target takes besides the target: checked once, before any packet goes out
+    opts: dict[str, Any] = {
+        "count": count,
+        "interval": interval,
+        "timeout": timeout,
+        "ports": port,
+        "tcp_attempts": attempts,
+        "with_trace": not no_trace,
+        "protocol": protocol,
+        "probes": probes,
+        "max_ttl": max_ttl,
+        "trace_timeout": timeout,
+        "method": method,
+        "tcp_method": tcp_method,
+        "trace_method": trace_method,
+    }
+    check_probe_args(**opts)
     if concurrency < 1:
         raise InputError(f"--concurrency must be at least 1, not {concurrency}")
     geo = _geo_lookup(geoip, not no_geo, city_db, asn_db)
@@ -217,23 +219,7 @@ def probe(
                     if stop.is_set():
                         return
                     result = await probe_target(
-                        names[i],
-                        address=addresses[i],
-                        count=count,
-                        interval=interval,
-                        timeout=timeout,
-                        ports=port,
-                        tcp_attempts=attempts,
-                        with_trace=not no_trace,
-                        protocol=protocol,
-                        probes=probes,
-                        max_ttl=max_ttl,
-                        trace_timeout=timeout,
-                        names=not numeric,
-                        method=method,
-                        tcp_method=tcp_method,
-                        trace_method=trace_method,
-                        stop=stop,
+                        names[i], address=addresses[i], names=not numeric, stop=stop, **opts
                     )
                 if geo is not None:
                     result = _annotate(result, geo)

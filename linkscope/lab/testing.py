@@ -9,8 +9,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -71,4 +75,46 @@ def lab_factory() -> Iterator[LabFactory]:
             lab.down()
 
 
-__all__ = ["BRAZIL", "LabFactory", "brazil_lab", "lab_factory"]
+def start_agents(
+    lab: Lab,
+    names: Sequence[str],
+    tmp: Path,
+    *,
+    port: int = 7070,
+    allow: str = "198.18.0.0/15",
+    extra: Sequence[str] = (),
+) -> tuple[Path, list[subprocess.Popen[Any]]]:
+    """A `linkscope agent` on each of ``names`` (its own key in ``tmp``, listening on its lab
+    address, ``--allow`` ``allow``, which also covers the next hops), once every one listens;
+    returns the inventory naming them and the processes (stopped by ``lab.down()`` too)."""
+    procs: list[subprocess.Popen[Any]] = []
+    lines: list[str] = []
+    for name in names:
+        key = tmp / f"{name}.key"
+        key.write_text(os.urandom(32).hex() + "\n")
+        key.chmod(0o600)
+        lines += [f"[nodes.{name}]", f'host = "{lab.address(name)}"', f"port = {port}"]
+        lines += [f'key_file = "{key.name}"', ""]
+        argv = [
+            sys.executable,
+            "-m",
+            "linkscope",
+            "agent",
+            "--listen",
+            f"{lab.address(name)}:{port}",
+        ]
+        argv += ["--key-file", str(key), "--allow", allow, *extra]
+        with open(tmp / f"agent-{name}.log", "w") as log:
+            procs.append(lab.popen(name, argv, stdout=subprocess.DEVNULL, stderr=log))
+    inventory = tmp / "nodes.toml"
+    inventory.write_text("\n".join(lines))
+    for name in names:
+        deadline = time.monotonic() + 30
+        while not lab.exec(name, ["ss", "-Hltn", f"sport = :{port}"], timeout=5).stdout.strip():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no agent listening on {name}:{port}")
+            time.sleep(0.2)
+    return inventory, procs
+
+
+__all__ = ["BRAZIL", "LabFactory", "brazil_lab", "lab_factory", "start_agents"]

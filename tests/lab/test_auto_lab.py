@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from typing import Any
 import pytest
 
 from linkscope.lab import Lab
+from linkscope.lab.testing import start_agents
 
 pytestmark = [pytest.mark.lab, pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(400)]
 
@@ -203,27 +203,9 @@ def _wait_listening(lab: Lab, node: str, port: int, timeout: float = 30.0) -> No
 def rig(brazil_lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AutoRig]:
     lab = brazil_lab
     tmp = tmp_path_factory.mktemp("auto")
-    procs: list[subprocess.Popen[Any]] = []
-    lines = []
-    for name in ("sh", "mx"):
-        key = tmp / f"{name}.key"
-        key.write_text(os.urandom(32).hex() + "\n")
-        key.chmod(0o600)
-        lines += [f"[nodes.{name}]", f'host = "{lab.address(name)}"', f"port = {AGENT_PORT}"]
-        lines += [f'key_file = "{key.name}"', ""]
-        procs.append(
-            lab.popen(
-                name,
-                [PY, "-m", "linkscope", "agent", "--listen", f"{lab.address(name)}:{AGENT_PORT}",
-                 "--key-file", str(key), "--allow", "198.18.0.0/15", "--probe-rate", "20"],
-                stdout=subprocess.DEVNULL,
-                stderr=open(tmp / f"agent-{name}.log", "w"),  # noqa: SIM115
-            )
-        )  # fmt: skip
-    (tmp / "nodes.toml").write_text("\n".join(lines))
+    _, procs = start_agents(lab, ["sh", "mx"], tmp, port=AGENT_PORT, extra=["--probe-rate", "20"])
     procs.append(lab.popen("br", [PY, "-c", SERVER, str(SERVER_PORT)], stdout=subprocess.DEVNULL))
-    for node, port in (("sh", AGENT_PORT), ("mx", AGENT_PORT), ("br", SERVER_PORT)):
-        _wait_listening(lab, node, port)
+    _wait_listening(lab, "br", SERVER_PORT)
     log_path = tmp / "relay.log"
     relay = lab.popen(
         "home",

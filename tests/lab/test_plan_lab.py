@@ -25,7 +25,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 import re
 import statistics
 import subprocess
@@ -40,6 +39,7 @@ import pytest
 
 from linkscope.graph import graph_from_measurements
 from linkscope.lab import Lab, parse_topology
+from linkscope.lab.testing import start_agents
 from linkscope.plan import plan_chains
 
 pytestmark = [pytest.mark.lab, pytest.mark.root]
@@ -245,36 +245,6 @@ CLI_PROBES = 500  # probes per edge (5 agent rounds of 100): see the bound's che
 CHAIN_DATAGRAMS = 2000  # through the chosen chain, for the measured loss
 
 
-def start_agents(lab: Lab, names: list[str], tmp: Path) -> tuple[Path, list[subprocess.Popen[Any]]]:
-    """An agent on each node (its own key, targets in the lab allowed), as test_auto_lab starts
-    them; the inventory naming them, and the processes."""
-    procs: list[subprocess.Popen[Any]] = []
-    lines: list[str] = []
-    for name in names:
-        key = tmp / f"{name}.key"
-        key.write_text(os.urandom(32).hex() + "\n")
-        key.chmod(0o600)
-        lines += [f"[nodes.{name}]", f'host = "{lab.address(name)}"', f"port = {AGENT_PORT}"]
-        lines += [f'key_file = "{key.name}"', ""]
-        procs.append(
-            lab.popen(
-                name,
-                [PY, "-m", "linkscope", "agent", "--listen", f"{lab.address(name)}:{AGENT_PORT}",
-                 "--key-file", str(key), "--allow", "198.18.0.0/15", "--probe-rate", "20"],
-                stdout=subprocess.DEVNULL,
-                stderr=open(tmp / f"agent-{name}.log", "w"),  # noqa: SIM115
-            )
-        )  # fmt: skip
-    inventory = tmp / "nodes.toml"
-    inventory.write_text("\n".join(lines))
-    for name in names:
-        deadline = time.monotonic() + 30
-        while not lab.exec(name, ["ss", "-Hltn", f"sport = :{AGENT_PORT}"], timeout=5).stdout:
-            assert time.monotonic() < deadline, f"no agent listening on {name}"
-            time.sleep(0.2)
-    return inventory, procs
-
-
 def cli_plan(lab: Lab, node: str, args: list[str], timeout: float) -> tuple[dict[str, Any], str]:
     res = lab.exec(node, [PY, "-m", "linkscope", "plan", *args, "--json"], timeout=timeout)
     assert res.returncode == 0, res.stderr
@@ -300,7 +270,9 @@ def test_cli_plan_brazil_via_sh_mx(
     and each chosen chain's predicted loss is within 5 points of the loss then measured
     through it (CHAIN_DATAGRAMS datagrams relayed hop by hop, as in the test above)."""
     lab = brazil_lab
-    inventory, agents = start_agents(lab, ["sh", "mx"], tmp_path)
+    inventory, agents = start_agents(
+        lab, ["sh", "mx"], tmp_path, port=AGENT_PORT, extra=["--probe-rate", "20"]
+    )
     processes.extend(agents)
     db = str(tmp_path / "h.db")
     base = ["br", "--via", "sh,mx", "--nodes", str(inventory), "--from", "home",
@@ -392,7 +364,9 @@ def test_cli_plan_tcp_fallback_when_a_relay_filters_icmp(lab_factory: Any, tmp_p
     lab: Lab = lab_factory(parse_topology(FILTERED))
     lab.exec("relay", ["sysctl", "-qw", "net.ipv4.icmp_echo_ignore_all=1"], check=True)
     assert lab.exec("home", ["ping", "-c", "2", "-W", "1", "relay"]).returncode != 0
-    inventory, procs = start_agents(lab, ["relay"], tmp_path)
+    inventory, procs = start_agents(
+        lab, ["relay"], tmp_path, port=AGENT_PORT, extra=["--probe-rate", "20"]
+    )
     try:
         doc, err = cli_plan(
             lab, "home", ["far", "--nodes", str(inventory), "--optimize", "latency",
