@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import random
 import socket
@@ -149,21 +150,33 @@ async def burst_datagram(
                 sock.setsockopt(level, opt, ttl)
                 for _ in range(state.probes):
                     state.sent_ns[k] = time.time_ns()
-                    try:
-                        sock.sendto(probe_payload(nonce, k), (dst, dport))
-                    except BlockingIOError:
-                        await asyncio.sleep(0.001)
-                        sock.sendto(probe_payload(nonce, k), (dst, dport))
-                    except OSError as exc:
-                        if exc.errno in (111, 113):  # an earlier error reported on send
-                            sock.sendto(probe_payload(nonce, k), (dst, dport))
-                        else:
-                            raise Unreachable(f"cannot send to {dst}: {exc.strerror}") from exc
+                    await _send(sock, probe_payload(nonce, k), dst, dport)
                     k += 1
             drain()
             await _wait(state, changed, time.time_ns(), timeout, stop)
         finally:
             loop.remove_reader(sock.fileno())
+
+
+# ICMP errors of earlier probes that the kernel also reports on the next send (the socket's
+# pending error, set besides the IP_RECVERR queue entry): say nothing about this send
+_EARLIER_ERRORS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH})
+
+
+async def _send(sock: socket.socket, payload: bytes, dst: str, dport: int) -> None:
+    """Send one probe. Each failure with an earlier probe's error clears it, so the send is
+    tried again (several probes' errors may be pending at once); one that still does not go out
+    after a few tries counts as sent and lost. Any other error (no route here: ENETUNREACH) is
+    Unreachable."""
+    for _ in range(8):
+        try:
+            sock.sendto(payload, (dst, dport))
+            return
+        except BlockingIOError:
+            await asyncio.sleep(0.001)
+        except OSError as exc:
+            if exc.errno not in _EARLIER_ERRORS:
+                raise Unreachable(f"cannot send to {dst}: {exc.strerror}") from exc
 
 
 __all__ = ["burst_datagram", "parse_error", "probe_payload"]

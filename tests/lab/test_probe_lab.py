@@ -26,6 +26,7 @@ PROBES = 10
 def _linkscope(lab: Lab, *args: str, timeout: float = 120) -> dict:  # type: ignore[type-arg]
     res = lab.exec("home", [sys.executable, "-m", "linkscope", *args], timeout=timeout)
     assert res.returncode in (0, 1), res.stderr
+    assert res.stdout.strip(), f"exit {res.returncode}, no JSON; stderr: {res.stderr}"
     return json.loads(res.stdout)  # type: ignore[no-any-return]
 
 

@@ -156,3 +156,28 @@ async def test_trace_datagram_method(host: str) -> None:
     t = await trace(host, method="datagram", probes=3, timeout=1.0)
     assert t.reached and t.protocol == "udp" and t.port == 33434
     assert [(h.ttl, h.address, h.received) for h in t.hops] == [(1, host, 3)]
+
+
+async def test_datagram_trace_send_survives_earlier_probes_errors() -> None:
+    """With IP_RECVERR, the kernel also reports an earlier probe's ICMP error on the next send
+    (ECONNREFUSED here, from a closed loopback port). Every probe must still go out: each one
+    that did leaves its own error in the queue."""
+    import socket
+    import time
+
+    from linkscope.probe.trace_dgram import _send
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.IPPROTO_IP, 11, 1)  # IP_RECVERR
+        s.setblocking(False)
+        for _ in range(6):
+            await _send(s, b"probe", "127.0.0.1", 9)  # the discard port: closed here
+            time.sleep(0.005)  # the error of this one is in before the next send
+        errors = 0
+        while True:
+            try:
+                s.recvmsg(512, 512, socket.MSG_ERRQUEUE)
+            except BlockingIOError:
+                break
+            errors += 1
+    assert errors == 6
