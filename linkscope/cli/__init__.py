@@ -2,13 +2,38 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
+from collections.abc import Sequence
 
 import typer
 
-from linkscope.cli import history, lab, plan, probe, relay  # noqa: F401  (register commands)
 from linkscope.cli.app import app
 from linkscope.errors import ExitStatus, LinkscopeError
+
+#: The module that registers each command. `main` imports only the one the command line names
+#: (start-up time: `trace` need not import the relay, the planner and their dependencies);
+#: anything else (`--help`, `--version`, a mistyped command) imports them all.
+COMMAND_MODULES = {
+    "agent": "relay",
+    "history": "history",
+    "keygen": "relay",
+    "lab": "lab",
+    "plan": "plan",
+    "probe": "probe",
+    "relay": "relay",
+    "trace": "probe",
+}
+
+
+def register_commands(argv: Sequence[str] | None = None) -> None:
+    """Register on ``app`` the command ``argv`` invokes, or every command when it names none
+    of them (the root takes no option with a value, so the first non-option is the command)."""
+    args = sys.argv[1:] if argv is None else argv
+    name = next((a for a in args if not a.startswith("-")), None)
+    module = COMMAND_MODULES.get(name or "")
+    for m in [module] if module else sorted(set(COMMAND_MODULES.values())):
+        importlib.import_module(f"linkscope.cli.{m}")
 
 
 def leaf_errors(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
@@ -36,6 +61,7 @@ def group_failure(group: BaseExceptionGroup[BaseException]) -> tuple[str, ExitSt
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `linkscope` console script; never shows a traceback for user errors."""
+    register_commands(argv)
     try:
         rv = app(args=argv, prog_name="linkscope", standalone_mode=False)
     except typer.Abort:
@@ -64,4 +90,4 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(int(rv) if isinstance(rv, int) else ExitStatus.OK)
 
 
-__all__ = ["app", "group_failure", "leaf_errors", "main"]
+__all__ = ["COMMAND_MODULES", "app", "group_failure", "leaf_errors", "main", "register_commands"]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import typer
 
-from linkscope import __version__
-
 app = typer.Typer(
     name="linkscope",
     help="Find out why a network path is slow, then fix it by relaying through better nodes.",
@@ -18,7 +16,9 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"linkscope {__version__}")
+        import linkscope
+
+        typer.echo(f"linkscope {linkscope.__version__}")
         from linkscope.errors import LinkscopeError
         from linkscope.geo import describe_sources
 

@@ -27,7 +27,7 @@ def history(
 ) -> None:
     """List stored probes and traces (or plans, or relay decisions), oldest first."""
     from linkscope.cli.render import history as render
-    from linkscope.cli.render.probe import print_json
+    from linkscope.cli.render import print_json
     from linkscope.store import Store, parse_since
 
     if kind not in (None, "probe", "trace", "plan", "decision"):

@@ -158,7 +158,7 @@ def probe(
     Exit status: 0 all reachable, 1 a target is unreachable, 2 bad input, 130 interrupted
     (partial results are printed and stored).
     """
-    from linkscope.cli.render import probe as render
+    from linkscope.cli.render import print_json
     from linkscope.probe.resolve import resolve_async
     from linkscope.probe.target import check_probe_args, probe_target
     from linkscope.store import Store
@@ -189,14 +189,42 @@ def probe(
     store = Store.open(db)
     if not json_out:
         _warn_geo(geo)
+        from linkscope.cli.render import probe as render
 
     async def main(stop: asyncio.Event) -> list[Any]:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
         # every name must resolve before any packet goes out: bad input is exit 2, up front
         addresses = await asyncio.gather(*(resolve_async(n, family) for n in names))
         results: dict[int, Any] = {}
         sem = asyncio.Semaphore(concurrency)
+        bar: Any = None  # (progress, task) once the bar exists
+        shown: Any = None  # where each result's table goes; None with --json
+
+        async def one(i: int) -> None:
+            async with sem:
+                if stop.is_set():
+                    return
+                result = await probe_target(
+                    names[i], address=addresses[i], names=not numeric, stop=stop, **opts
+                )
+            if geo is not None:
+                result = _annotate(result, geo)
+            store.record_probe(result)
+            results[i] = result
+            if bar is not None:
+                bar[0].advance(bar[1])
+            if shown is not None:
+                shown.print(render.probe_renderable(result))
+
+        async def run_all() -> None:
+            async with asyncio.TaskGroup() as tg:
+                for i in range(len(names)):
+                    tg.create_task(one(i), name=f"probe {names[i]}")
+
+        if json_out and not sys.stderr.isatty():  # no bar, no table: rich is not even imported
+            await run_all()
+            return [results[i] for i in sorted(results)]
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
         err = _stderr()
         out = _stdout_console()
         with Progress(
@@ -209,29 +237,12 @@ def probe(
             redirect_stdout=False,
             redirect_stderr=False,
         ) as progress:
-            bar = progress.add_task("probing", total=len(names))
-            # on one terminal, print through the bar's console so lines land above the bar;
-            # when stdout is a pipe or a file, straight to stdout
-            shown = progress.console if err.is_terminal and out.is_terminal else out
-
-            async def one(i: int) -> None:
-                async with sem:
-                    if stop.is_set():
-                        return
-                    result = await probe_target(
-                        names[i], address=addresses[i], names=not numeric, stop=stop, **opts
-                    )
-                if geo is not None:
-                    result = _annotate(result, geo)
-                store.record_probe(result)
-                results[i] = result
-                progress.advance(bar)
-                if not json_out:
-                    shown.print(render.probe_renderable(result))
-
-            async with asyncio.TaskGroup() as tg:
-                for i in range(len(names)):
-                    tg.create_task(one(i), name=f"probe {names[i]}")
+            bar = (progress, progress.add_task("probing", total=len(names)))
+            if not json_out:
+                # on one terminal, print through the bar's console so lines land above the
+                # bar; when stdout is a pipe or a file, straight to stdout
+                shown = progress.console if err.is_terminal and out.is_terminal else out
+            await run_all()
         return [results[i] for i in sorted(results)]
 
     try:
@@ -240,7 +251,7 @@ def probe(
         store.close()
     docs = [_with_geo(r.to_dict(), geo) for r in done]
     if json_out:
-        render.print_json(docs[0] if len(names) == 1 and docs else docs)
+        print_json(docs[0] if len(names) == 1 and docs else docs)
     elif (footer := _geo_footer(geo, any(_located(r.trace) for r in done))) is not None:
         _stdout_console().print(footer, style="dim", soft_wrap=True)
     if docs:
@@ -323,7 +334,7 @@ def trace_cmd(
 
     Exit status: 0 target reached, 1 not reached, 2 bad input, 130 interrupted.
     """
-    from linkscope.cli.render import probe as render
+    from linkscope.cli.render import print_json
     from linkscope.probe.models import geometry_figures
     from linkscope.probe.trace import check_trace_args, check_trace_method, trace
     from linkscope.store import Store
@@ -365,8 +376,10 @@ def trace_cmd(
     doc = _with_geo({**result.to_dict(), **figures}, geo)
     write_plot("trace", doc, plot)
     if json_out:
-        render.print_json(doc)
+        print_json(doc)
     else:
+        from linkscope.cli.render import probe as render
+
         render.print_trace(result, _stdout_console(), figures)
         if (footer := _geo_footer(geo, _located(result))) is not None:
             _stdout_console().print(footer, style="dim", soft_wrap=True)

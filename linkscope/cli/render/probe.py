@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -167,12 +165,6 @@ def probe_renderable(result: ProbeResult) -> Group:
     return Group(*parts)
 
 
-def print_json(doc: Any) -> None:
-    """One JSON document on stdout, nothing else there."""
-    sys.stdout.write(json.dumps(doc, indent=2) + "\n")
-    sys.stdout.flush()
-
-
 def print_trace(
     tr: Trace, console: Console, figures: Mapping[str, float | None] | None = None
 ) -> None:
@@ -197,7 +189,6 @@ def print_trace(
 __all__ = [
     "geometry_line",
     "ping_table",
-    "print_json",
     "print_trace",
     "probe_renderable",
     "tcp_table",
