@@ -8,6 +8,7 @@ import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -80,3 +81,27 @@ def _no_dns(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     yield
+
+
+@pytest.fixture(scope="session")
+def dbip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory holding a DB-IP-typed City database that places 81.2.69.0/24 and loopback in
+    London: a user database may place private addresses (the lab's does), so a probe of
+    127.0.0.1 gets a hop located by DB-IP-typed data, and its attribution is owed."""
+    import mmdb_writer
+    from netaddr import IPSet
+
+    d = tmp_path_factory.mktemp("dbip")
+    writer = mmdb_writer.MMDBWriter(
+        ip_version=6,
+        database_type="DBIP-City-Lite",
+        languages=["en"],
+        description="DB-IP.com - IP to City",
+        ipv4_compatible=True,
+    )
+    writer.insert_network(
+        IPSet(["81.2.69.0/24", "127.0.0.0/8"]),
+        {"city": {"names": {"en": "London"}}, "location": {"latitude": 51.5, "longitude": -0.1}},
+    )
+    writer.to_db_file(str(d / "dbip-city-lite.mmdb"))
+    return d

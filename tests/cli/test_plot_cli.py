@@ -75,29 +75,6 @@ def test_plan_plot_writes_a_png_and_records_the_plan(tmp_path: Path) -> None:
         assert store.plans()  # the ranked chains are in the history
 
 
-@pytest.fixture(scope="module")
-def dbip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A DB-IP-typed City database that places loopback in London (as a user's own database
-    may place private addresses), so a probe of 127.0.0.1 has a located hop."""
-    import mmdb_writer
-    from netaddr import IPSet
-
-    d = tmp_path_factory.mktemp("dbip")
-    writer = mmdb_writer.MMDBWriter(
-        ip_version=6,
-        database_type="DBIP-City-Lite",
-        languages=["en"],
-        description="DB-IP.com - IP to City",
-        ipv4_compatible=True,
-    )
-    writer.insert_network(
-        IPSet(["127.0.0.0/8"]),
-        {"city": {"names": {"en": "London"}}, "location": {"latitude": 51.5, "longitude": -0.1}},
-    )
-    writer.to_db_file(str(d / "dbip-city-lite.mmdb"))
-    return d
-
-
 @pytest.fixture
 def svg_text_env(tmp_path: Path) -> dict[str, str]:
     """Keep an SVG's text as <text> (matplotlib draws glyphs as paths by default), so a test can

@@ -42,26 +42,6 @@ def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     )
 
 
-@pytest.fixture(scope="module")
-def dbip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("dbip")
-    writer = mmdb_writer.MMDBWriter(
-        ip_version=6,
-        database_type="DBIP-City-Lite",
-        languages=["en"],
-        description="DB-IP.com - IP to City",
-        ipv4_compatible=True,
-    )
-    # 127.0.0.0/8 too: a user database that places loopback is consulted (as the lab's is), so
-    # the loopback hop is located by DB-IP-typed data and its attribution is owed
-    writer.insert_network(
-        IPSet(["81.2.69.0/24", "127.0.0.0/8"]),
-        {"city": {"names": {"en": "London"}}, "location": {"latitude": 51.5, "longitude": -0.1}},
-    )
-    writer.to_db_file(str(d / "dbip-city-lite.mmdb"))
-    return d
-
-
 def _assert_one_line_error(res: subprocess.CompletedProcess[str], *fragments: str) -> None:
     assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
     assert res.stdout == ""
