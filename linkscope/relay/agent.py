@@ -22,9 +22,10 @@ from linkscope.relay.metrics import RelayMetrics
 from linkscope.relay.net import (
     Listener,
     bind_listener,
+    close_registered,
     connect_address,
     read_frame,
-    recv_exact,
+    recv_exact_registered,
     resolve,
     send_all,
 )
@@ -162,7 +163,7 @@ class Agent:
 
         hop.to(HopState.CONNECTING)
         try:
-            onward, depth = await self._connect_onward(layer)
+            onward, depth, registered = await self._connect_onward(layer)
         except WireError as exc:
             hop.to(HopState.REFUSED)
             await self._refuse(conn, exc.code)
@@ -173,17 +174,21 @@ class Agent:
             return
         try:
             await send_all(conn, encode_status(Status.OK, depth))
-        except OSError:
-            onward.close()
+        except BaseException as exc:
+            close_registered(onward, registered)
             conn.close()
-            return
+            if isinstance(exc, OSError):
+                return
+            raise
         hop.to(HopState.RELAYING)
         self.metrics.setup.observe(loop.time() - started)
         self.metrics.open.inc()
         if self.config.mode == "splice":
             # The pump runs on loop callbacks alone; this task ends here, so an idle relayed
             # connection holds no coroutine frames (memory per connection, DESIGN.md).
-            relay = start_splice(conn, onward, idle_timeout=self.config.idle_timeout)
+            relay = start_splice(
+                conn, onward, idle_timeout=self.config.idle_timeout, b_registered=registered
+            )
             relay.add_done_callback(self._relayed)
             self._listener.adopt(relay)
             return
@@ -205,9 +210,11 @@ class Agent:
         self.metrics.bytes_up.inc(stats.a_to_b)
         self.metrics.bytes_down.inc(stats.b_to_a)
 
-    async def _connect_onward(self, layer: ConnectLayer) -> tuple[socket.socket, int]:
+    async def _connect_onward(self, layer: ConnectLayer) -> tuple[socket.socket, int, bool]:
         """Connect to the allowed onward address; for a next hop, forward the inner frame and
-        wait for its status. Returns the socket and the depth to report upstream."""
+        wait for its status. Returns the socket, the depth to report upstream, and whether a
+        reader is left registered on the socket for the splice pump to take over (only
+        after waiting for a next hop's status in splice mode, see recv_exact_registered)."""
         cfg = self.config
         family = address_family(layer.host)
         if family is not None:
@@ -228,25 +235,33 @@ class Agent:
             self.policy.check_target(layer, candidates[0][1])
             raise WireError(Status.NOT_ALLOWED)
         family, address = allowed[0]
-        onward = await connect_address(family, address, layer.port, cfg.connect_timeout)
+        # eager: on loopback or a LAN the handshake is often complete when connect() returns,
+        # which spares a writer registration and a loop iteration (net._connect).
+        onward = await connect_address(family, address, layer.port, cfg.connect_timeout, eager=True)
         self.onward_connects += 1
         if layer.final:
-            return onward, 0
+            return onward, 0, False
         try:
             async with asyncio.timeout(cfg.connect_timeout + cfg.header_timeout):
                 await send_all(onward, layer.inner)
-                status = await recv_exact(onward, STATUS_LEN)
+                status, registered = await recv_exact_registered(onward, STATUS_LEN)
         except (OSError, TimeoutError):
-            onward.close()
+            onward.close()  # recv_exact_registered removed its reader
             raise WireError(Status.NEXT_HOP_PROTOCOL) from None
-        if len(status) != STATUS_LEN:
+        except BaseException:
             onward.close()
+            raise
+        if registered and cfg.mode != "splice":
+            asyncio.get_running_loop().remove_reader(onward.fileno())
+            registered = False
+        if len(status) != STATUS_LEN:
+            close_registered(onward, registered)
             raise WireError(Status.NEXT_HOP_PROTOCOL, "next hop closed without a status")
         code, depth = decode_status(status)
         if code != Status.OK:
-            onward.close()
+            close_registered(onward, registered)
             raise _Downstream(code, depth)
-        return onward, depth + 1
+        return onward, depth + 1, registered
 
     async def _serve_probe(self, conn: socket.socket, layer: ProbeLayer) -> None:
         loop = asyncio.get_running_loop()

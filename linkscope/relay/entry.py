@@ -25,8 +25,10 @@ from linkscope.relay.metrics import RelayMetrics
 from linkscope.relay.net import (
     Listener,
     bind_listener,
+    close_registered,
     connect_address,
     recv_exact,
+    recv_exact_registered,
     resolve,
     send_all,
 )
@@ -114,14 +116,28 @@ async def open_chain(
     Raises ``ChainRefused`` (a ``Refused``: ``.hop``, ``.index``, ``.code``, ``.reason``) when a
     hop refuses or cannot be reached, ``RelayError`` when the chain does not come up in time.
     """
+    sock, _ = await _open_chain(hops, target, timeout, keep_reader=False)
+    return sock
+
+
+async def _open_chain(
+    hops: Sequence[HopLike], target: tuple[str, int], timeout: float, *, keep_reader: bool
+) -> tuple[socket.socket, bool]:
+    """``open_chain``; ``keep_reader``: wait for the status with a reader that is left
+    registered on the returned socket if the second item is True (``recv_exact_registered``;
+    the splice pump takes it over)."""
     specs = [_spec(h) for h in hops]
     header = build_chain(specs, target)
+    registered = False
     try:
         async with asyncio.timeout(timeout):
             sock = await _connect_first(hops[0], timeout)
             try:
                 await send_all(sock, header)
-                status = await recv_exact(sock, STATUS_LEN)
+                if keep_reader:
+                    status, registered = await recv_exact_registered(sock, STATUS_LEN)
+                else:
+                    status = await recv_exact(sock, STATUS_LEN)
             except BaseException:
                 sock.close()
                 raise
@@ -130,11 +146,11 @@ async def open_chain(
     except OSError as exc:
         raise ChainRefused(hops[0].name, 0, Status.NEXT_HOP_PROTOCOL, str(exc)) from exc
     if len(status) != STATUS_LEN:
-        sock.close()
+        close_registered(sock, registered)
         raise ChainRefused(hops[0].name, 0, Status.NEXT_HOP_PROTOCOL, "closed without a status")
     code, depth = decode_status(status)
     if code != Status.OK:
-        sock.close()
+        close_registered(sock, registered)
         if depth >= len(hops):
             raise RemoteProtocolError(f"refusal from hop {depth} of a {len(hops)}-hop chain")
         onward = Status.CONNECT_FAILED, Status.CONNECT_TIMEOUT, Status.NEXT_HOP_PROTOCOL
@@ -143,9 +159,9 @@ async def open_chain(
             detail = f"to {hops[depth + 1].name}" if depth + 1 < len(hops) else "to the target"
         raise ChainRefused(hops[depth].name, depth, code, detail)
     if depth != len(hops) - 1:
-        sock.close()
+        close_registered(sock, registered)
         raise RemoteProtocolError(f"chain-up from depth {depth}, expected {len(hops) - 1}")
-    return sock
+    return sock, registered
 
 
 def _names(hops: Sequence[HopLike]) -> str:
@@ -278,8 +294,11 @@ class Entry:
         loop = asyncio.get_running_loop()
         started = loop.time()
         self.metrics.total.inc()
+        splice = self.mode == "splice"
         try:
-            upstream = await open_chain(chain, self.target, timeout=self.chain_timeout)
+            upstream, registered = await _open_chain(
+                chain, self.target, self.chain_timeout, keep_reader=splice
+            )
         except RelayError as exc:
             failure = ChainFailure(names, exc)
             self.failures.append(failure)
@@ -295,10 +314,16 @@ class Entry:
         self.connections_up += 1
         self.metrics.setup.observe(loop.time() - started)
         if self.on_up is not None:
-            self.on_up(names)
+            try:
+                self.on_up(names)
+            except BaseException:
+                close_registered(upstream, registered)
+                raise
         self.metrics.open.inc()
-        if self.mode == "splice":  # callbacks only from here on: no task per idle connection
-            relay = start_splice(client, upstream, idle_timeout=self.idle_timeout)
+        if splice:  # callbacks only from here on: no task per idle connection
+            relay = start_splice(
+                client, upstream, idle_timeout=self.idle_timeout, b_registered=registered
+            )
             relay.add_done_callback(self._relayed)
             self._listener.adopt(relay)
             return

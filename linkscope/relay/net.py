@@ -55,6 +55,46 @@ async def recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
+async def recv_exact_registered(sock: socket.socket, n: int) -> tuple[bytes, bool]:
+    """``recv_exact`` that leaves its reader registered: (the bytes, whether a reader is).
+
+    A reader registration costs uvloop an epoll handle set up and torn down (~7 syscalls and a
+    handle object). When the caller registers a reader on the same fd right after (the splice
+    pump on the first hop, see ``start_splice(b_registered=...)``), handing this one over
+    saves that. The caller owns a registration returned to it and must pass it on or remove
+    it (``loop.remove_reader``) before closing the socket; on an exception it is removed here.
+    """
+    loop = asyncio.get_running_loop()
+    fd = sock.fileno()
+    buf = b""
+    registered = False
+    try:
+        while len(buf) < n:
+            try:
+                chunk = sock.recv(n - len(buf))
+            except (BlockingIOError, InterruptedError):
+                ready: asyncio.Future[None] = loop.create_future()
+                loop.add_reader(fd, _wake, ready)  # an existing one only gets the new callback
+                registered = True
+                await ready
+                continue
+            if not chunk:
+                break
+            buf += chunk
+    except BaseException:
+        if registered:
+            loop.remove_reader(fd)
+        raise
+    return buf, registered
+
+
+def close_registered(sock: socket.socket, registered: bool) -> None:
+    """Close ``sock``, first removing the reader ``recv_exact_registered`` left on it."""
+    if registered:
+        asyncio.get_running_loop().remove_reader(sock.fileno())
+    sock.close()
+
+
 async def read_frame(sock: socket.socket) -> Frame:
     """One frame from ``sock`` via the sans-I/O reader; WireError on bad or truncated input."""
     loop = asyncio.get_running_loop()
@@ -308,9 +348,11 @@ class Listener:
 __all__ = [
     "Listener",
     "bind_listener",
+    "close_registered",
     "connect_address",
     "read_frame",
     "recv_exact",
+    "recv_exact_registered",
     "resolve",
     "send_all",
 ]
