@@ -106,7 +106,8 @@ async def ping(
     ``method`` forces one of ``icmp-raw``, ``icmp-datagram``, ``tcp-connect`` (``auto`` picks
     the first allowed, with a note when it falls back to TCP). ``port`` is the TCP fallback's.
     A target that never answers gives loss 1.0, not an error; ``stop`` ends it early with the
-    probes sent so far (in-flight ones get until their timeout or a second ``stop``).
+    probes sent so far: the ones in flight get a short grace (twice the slowest reply so far),
+    then count as answered or lost, as ping(8) counts them.
     """
     check_ping_args(count, interval, timeout)
     check_ping_method(method)
@@ -196,11 +197,11 @@ async def _ping_icmp(
             sent[seq] = request.time
         sending_done = True
         stopped = stop is not None and stop.is_set()
-        if sent and not stopped and len(rtts) < len(sent):
-            remaining = max(sent.values()) + timeout - time.time()
+        if sent and len(rtts) < len(sent):
+            remaining = _wait_for_in_flight(sent, rtts, timeout, stopped) - time.time()
             if remaining > 0:
                 waiters = [asyncio.ensure_future(all_in.wait())]
-                if stop is not None:
+                if stop is not None and not stopped:
                     waiters.append(asyncio.ensure_future(stop.wait()))
                 try:
                     await asyncio.wait(
@@ -209,25 +210,38 @@ async def _ping_icmp(
                 finally:
                     for w in waiters:
                         w.cancel()
-    return _samples(sent, rtts, timeout, time.time(), stop is not None and stop.is_set())
+    return _samples(sent, rtts, timeout)
+
+
+def _wait_for_in_flight(
+    sent: dict[int, float], rtts: dict[int, float], timeout: float, stopped: bool
+) -> float:
+    """Until when (epoch s) to wait for the replies still missing.
+
+    Normally until the last probe's timeout. When stopped early (Ctrl-C), a grace of twice the
+    slowest reply seen so far (within the timeout), none if nothing answered: then every probe
+    counts, answered or lost, as ping(8) counts them. Leaving out the unanswered probes still
+    within their timeout while keeping the answered ones would bias loss toward 0 (a 40 %-loss
+    path stopped within its -W window showed 0 %).
+    """
+    if not stopped:
+        return max(sent.values()) + timeout
+    grace = min(timeout, 2 * max(rtts.values()) / 1e3) if rtts else 0.0
+    return time.time() + grace
 
 
 def _samples(
-    sent: dict[int, float], rtts: dict[int, float], timeout: float, now: float, stopped: bool
+    sent: dict[int, float], rtts: dict[int, float], timeout: float
 ) -> tuple[float | None, ...]:
     """Per-probe RTTs in sequence order, None when lost.
 
-    A reply later than ``timeout`` counts as lost (as with ping -W). When stopped early, a probe
-    still within its timeout is left out rather than counted as lost: it had no chance yet.
+    A reply later than ``timeout`` counts as lost (as with ping -W); so does one that has not
+    come when the wait ends (see ``_wait_for_in_flight``).
     """
-    out: list[float | None] = []
-    for seq in sorted(sent):
-        rtt = rtts.get(seq)
-        if rtt is not None and rtt <= timeout * 1e3:
-            out.append(rtt)
-        elif not stopped or now >= sent[seq] + timeout:
-            out.append(None)
-    return tuple(out)
+    return tuple(
+        rtt if (rtt := rtts.get(seq)) is not None and rtt <= timeout * 1e3 else None
+        for seq in sorted(sent)
+    )
 
 
 async def _ping_tcp(

@@ -101,3 +101,19 @@ def test_ping_p50_matches_ping(brazil_lab: Lab, tmp_path: object) -> None:
     # the lossy transpacific path: ~39 % expected; 30 samples stay well clear of 15 %
     assert ours["ping"]["loss"] >= 0.15 and ours["verdict"].startswith("bad:")
     assert "unusable" in ours["verdict"]
+
+
+def test_ctrl_c_within_the_timeout_window_keeps_the_loss(brazil_lab: Lab, tmp_path: object) -> None:
+    """Stopped (SIGINT) while every probe is still within its 5 s -W window: each probe sent
+    counts, answered or lost, so the 39 %-loss path does not read as lossless (it read 0 %
+    when the unanswered probes in flight were left out and the answered ones kept)."""
+    br = brazil_lab.address("br")
+    argv = ["timeout", "--preserve-status", "-s", "INT", "4.5", sys.executable, "-m"]
+    argv += ["linkscope", "probe", br, "-c", "200", "-i", "0.1", "-W", "5", "--no-trace"]
+    argv += ["-n", "--no-geo", "--json", "--db", f"{tmp_path}/h.db"]
+    res = brazil_lab.exec("home", argv, timeout=60)
+    assert res.returncode == 130, res.stderr
+    ping = json.loads(res.stdout)["ping"]
+    assert ping["sent"] >= 20, ping
+    assert ping["received"] < ping["sent"]
+    assert 0.15 <= ping["loss"] <= 0.7, ping  # ~0.39 over 20-40 probes
