@@ -32,6 +32,19 @@ class InputError(LinkscopeError):
     exit_status = ExitStatus.USAGE
 
 
+#: The longest wait or interval an option may ask for: an hour (also keeps timers finite).
+MAX_SECONDS = 3600.0
+
+
+def check_seconds(option: str, value: float, *, zero: bool = False) -> None:
+    """InputError unless ``value`` is a finite number of seconds within (0, MAX_SECONDS], or
+    [0, MAX_SECONDS] with ``zero`` (NaN and infinity included: they reach timers and ints)."""
+    low_ok = value >= 0 if zero else value > 0
+    if not (low_ok and value <= MAX_SECONDS):
+        low = "[0" if zero else "(0"
+        raise InputError(f"{option} must be within {low}, {MAX_SECONDS:g}] s, not {value}")
+
+
 class ConfigError(InputError):
     """A file the user wrote (topology, inventory, measurements, key) is invalid.
 
@@ -108,6 +121,7 @@ class LabError(LinkscopeError):
 
 
 __all__ = [
+    "MAX_SECONDS",
     "ConfigError",
     "ExitStatus",
     "InputError",
@@ -124,4 +138,5 @@ __all__ = [
     "ResolveError",
     "StoreError",
     "Unreachable",
+    "check_seconds",
 ]

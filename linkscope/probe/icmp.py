@@ -19,7 +19,7 @@ import socket
 import time
 from typing import Any
 
-from linkscope.errors import InputError, PermissionDenied
+from linkscope.errors import InputError, PermissionDenied, check_seconds
 from linkscope.probe import packets
 from linkscope.probe.models import PING_METHODS, PingMethod, PingStats
 from linkscope.probe.rawsock import SO_TIMESTAMPNS, IcmpHub, RawReader, drop_all_input
@@ -84,10 +84,8 @@ def check_ping_method(method: str) -> None:
 def check_ping_args(count: int, interval: float, timeout: float) -> None:
     if count < 1:
         raise InputError(f"--count must be at least 1, not {count}")
-    if interval < 0:
-        raise InputError(f"--interval must not be negative, not {interval}")
-    if not timeout > 0:
-        raise InputError(f"--timeout must be positive, not {timeout}")
+    check_seconds("--interval", interval, zero=True)
+    check_seconds("--timeout", timeout)
 
 
 async def ping(

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from linkscope.errors import InputError, ProbeError, Unreachable
+from linkscope.errors import InputError, ProbeError, Unreachable, check_seconds
 from linkscope.probe import packets
 from linkscope.probe.models import TRACE_PROTOCOLS, Hop, Trace, TraceProtocol, most_common
 from linkscope.probe.rawsock import (
@@ -257,8 +257,7 @@ def check_trace_args(protocol: str, probes: int, max_ttl: int, timeout: float) -
         raise InputError(f"--probes must be within 1..{MAX_PROBES}, not {probes}")
     if not 1 <= max_ttl <= MAX_TTL:
         raise InputError(f"--max-ttl must be within 1..{MAX_TTL}, not {max_ttl}")
-    if not timeout > 0:
-        raise InputError(f"--timeout must be positive, not {timeout}")
+    check_seconds("--timeout", timeout)
     return protocol
 
 

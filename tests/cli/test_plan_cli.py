@@ -200,7 +200,7 @@ def write_bad(tmp_path: Path, text: str) -> Path:
             "--count and --timeout are for live measurement",
         ),
         (["--nodes", "{inv}", "--count", "0"], 2, "--count must be at least 1"),
-        (["--nodes", "{inv}", "--timeout", "0"], 2, "--timeout must be positive"),
+        (["--nodes", "{inv}", "--timeout", "0"], 2, "--timeout must be within (0, 3600] s"),
         (["--nodes", "{inv}", "--via", "xx"], 2, "--via: unknown relay 'xx' (relays: sh)"),
         (["--nodes", "{inv}", "--chain", "sh,sh"], 2, "--chain names a relay more than once"),
         (["--nodes", "{inv}", "--optimize", "speed"], 2, "unknown cost model 'speed'"),

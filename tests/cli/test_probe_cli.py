@@ -145,6 +145,10 @@ def test_trace_command(tmp_path: Path, protocol: str) -> None:
         (["probe", "-4", "-6", "127.0.0.1"], "exclude each other"),
         (["probe", "127.0.0.1", "--count", "0"], "--count"),
         (["probe", "127.0.0.1", "--timeout", "0"], "--timeout"),
+        # infinity reached an int conversion (a traceback); NaN passed the "negative" check
+        (["probe", "127.0.0.1", "--timeout", "inf"], "--timeout must be within (0, 3600] s"),
+        (["probe", "127.0.0.1", "--interval", "nan"], "--interval must be within [0, 3600] s"),
+        (["trace", "127.0.0.1", "-W", "inf"], "--timeout must be within (0, 3600] s"),
         (["probe", "127.0.0.1", "--port", "70000"], "--port"),
         (["probe", "127.0.0.1", "--protocol", "gre"], "trace protocol"),
         (["probe", "127.0.0.1", "--probes", "100"], "--probes"),
