@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from rich.console import Console, Group
+from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -85,19 +86,60 @@ def _geo(h: Hop) -> str:
     return ", ".join(parts)
 
 
-def trace_table(tr: Trace) -> Table:
+#: The least room worth giving "where" beside the figures; with less it goes below them.
+WHERE_MIN_WIDTH = 24
+
+
+class TraceTable:
+    """mtr's columns. At any width the figures and the hop addresses are never cut: names fold,
+    and "where" folds beside the figures or, when fewer than WHERE_MIN_WIDTH columns are left
+    for it, moves to a table of its own below; under ~82 columns (80: a narrow terminal) the
+    figures drop the column rules to fit."""
+
+    def __init__(self, tr: Trace) -> None:
+        self.tr = tr
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        tr = self.tr
+        figures = _trace_table(tr, where=False)
+        natural = Measurement.get(console, options.update_width(10_000), figures).maximum
+        if natural > options.max_width:
+            figures = _trace_table(tr, where=False, compact=True)
+        places = [(h.ttl, _geo(h)) for h in tr.hops if _geo(h)]
+        if not places:
+            yield figures
+            return
+        if options.max_width - natural >= WHERE_MIN_WIDTH + 3:  # + a column separator
+            yield _trace_table(tr, where=True)
+            return
+        yield figures
+        below = Table(show_edge=False, pad_edge=False)
+        below.box = figures.box
+        below.add_column("ttl", justify="right", no_wrap=True)
+        below.add_column("where", overflow="fold")
+        for ttl, place in places:
+            below.add_row(str(ttl), place)
+        yield below
+
+
+def trace_table(tr: Trace) -> TraceTable:
+    return TraceTable(tr)
+
+
+def _trace_table(tr: Trace, *, where: bool, compact: bool = False) -> Table:
     port = f" port {tr.port}" if tr.port else ""
     reached = "reached" if tr.reached else "NOT reached"
     title = f"trace ({tr.protocol}{port}, {tr.probes}/hop, {reached})"
     t = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
-    for col in ("ttl", "host", "loss", "snt", "rcv", "min", "p50", "max", "jitter"):
-        t.add_column(col, justify="left" if col == "host" else "right")
+    if compact:  # no column rules: two spaces between columns instead of " │ "
+        t.box = None
+    columns = ["ttl", "host", "loss", "snt", "rcv", "min", "p50", "max", "jitter"]
     with_km = any(h.distance_km is not None for h in tr.hops)
     if with_km:
-        t.add_column("km", justify="right")  # great-circle, from the previous located point
-    with_geo = any(_geo(h) for h in tr.hops)
-    if with_geo:
-        t.add_column("where")
+        columns.append("km")  # great-circle, from the previous located point
+    if where:
+        columns.append("where")
+    rows: list[list[str]] = []
     for h in tr.hops:
         host = "*" if h.address is None else h.address
         if h.name and h.name != h.address:
@@ -117,8 +159,21 @@ def trace_table(tr: Trace) -> Table:
         ]
         if with_km:
             row.append("-" if h.distance_km is None else f"{h.distance_km:,.0f}")
-        if with_geo:
+        if where:
             row.append(_geo(h))
+        rows.append(row)
+    # the host column keeps room for the longest address (in its parentheses after a name), so
+    # only a name or "+others" folds
+    address_width = max((len(h.address or "*") + 2 * bool(h.name) for h in tr.hops), default=1)
+    for i, col in enumerate(columns):
+        if col == "where":
+            t.add_column(col, min_width=WHERE_MIN_WIDTH, overflow="fold")
+        elif col == "host":
+            t.add_column(col, min_width=max(len(col), address_width), overflow="fold")
+        else:
+            width = max([len(col), *(len(r[i]) for r in rows)])
+            t.add_column(col, justify="right", min_width=width, no_wrap=True)
+    for row in rows:
         t.add_row(*row)
     return t
 
@@ -187,6 +242,7 @@ def print_trace(
 
 
 __all__ = [
+    "TraceTable",
     "geometry_line",
     "ping_table",
     "print_trace",
