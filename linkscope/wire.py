@@ -513,12 +513,13 @@ class ReplayCache:
 
     A layer is accepted while ``|now - ts| <= window``, so its nonce must be remembered until
     ``ts + window`` (a replay after that is refused as expired anyway); without ``ts``, until
-    ``2 * window`` after arrival, the latest that can be. Nonces sit in one set for the lookup
-    and in per-second buckets by expiry, so expiring is dropping whole buckets (amortised O(1)),
-    and an entry costs ~100 bytes (the nonce, a set slot, a list slot): the default bound of
-    500,000 (~50 MB) holds a sustained ~16,000 connections/s at the default 30 s window. When
-    the cache is full of unexpired nonces a new one is refused (``BUSY``) instead of evicting
-    one that could then be replayed. Only layers with a valid MAC get this far.
+    ``2 * window`` after arrival, the latest that can be. How long that is, is measured on a
+    monotonic clock (``mono_ms``), so wall-clock steps do not move it. Nonces sit in one set
+    for the lookup and in per-second buckets by expiry, so expiring is dropping whole buckets
+    (amortised O(1)), and an entry costs ~100 bytes (the nonce, a set slot, a list slot): the
+    default bound of 500,000 (~50 MB) holds a sustained ~16,000 connections/s at the default
+    30 s window. When the cache is full of unexpired nonces a new one is refused (``BUSY``)
+    instead of evicting one that could then be replayed. Only layers with a valid MAC get this far.
     """
 
     def __init__(self, window_ms: int, max_entries: int = 500_000) -> None:
@@ -543,15 +544,26 @@ class ReplayCache:
             self._seen.difference_update(buckets.pop(sec))
         self._purged = now_s
 
-    def check_and_add(self, nonce: bytes, now_ms: int, ts_ms: int | None = None) -> None:
-        self._purge(now_ms // 1000)
+    def check_and_add(
+        self, nonce: bytes, now_ms: int, ts_ms: int | None = None, *, mono_ms: int | None = None
+    ) -> None:
+        """REPLAY if ``nonce`` is held, BUSY if the cache is full; else hold it.
+
+        ``now_ms`` is the wall clock the timestamp window is checked against; ``mono_ms`` a
+        monotonic clock (default: ``now_ms``) that expiry runs on, so a wall-clock step neither
+        keeps every nonce until the clock catches up (back: the cache fills, then refuses all
+        as BUSY) nor drops nonces early (forward then back: a replay would pass).
+        """
+        mono = now_ms if mono_ms is None else mono_ms
+        self._purge(mono // 1000)
         if nonce in self._seen:
             raise WireError(Status.REPLAY)
         if len(self._seen) >= self._max:
             raise WireError(Status.BUSY, "replay cache full")
-        expires = now_ms + 2 * self._window if ts_ms is None else ts_ms + self._window
-        # dropped once now_s reaches the bucket, i.e. strictly after ``expires``
-        sec = max(expires // 1000 + 1, self._purged + 1)
+        window = self._window
+        keep = 2 * window if ts_ms is None else min(max(ts_ms + window - now_ms, 0), 2 * window)
+        # dropped once the monotonic second reaches the bucket, i.e. strictly after ``keep``
+        sec = max((mono + keep) // 1000 + 1, self._purged + 1)
         self._seen.add(nonce)
         bucket = self._buckets.get(sec)
         if bucket is None:

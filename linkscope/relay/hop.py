@@ -15,6 +15,7 @@ server (``agent.py``) only does the I/O those decisions call for.
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import dataclass, field
 
 from linkscope.errors import LocalProtocolError
@@ -101,10 +102,17 @@ class HopPolicy:
         self.replay = ReplayCache(int(self.window_s * 1000))
         self.probes = TokenBucket(self.probe_rate, self.probe_burst)
 
-    def admit(self, frame: Frame, now_ms: int) -> ConnectLayer | ProbeLayer:
-        """Verify MAC and clock, parse, then remember the nonce; WireError with the reason."""
+    def admit(
+        self, frame: Frame, now_ms: int, mono_ms: int | None = None
+    ) -> ConnectLayer | ProbeLayer:
+        """Verify MAC and clock, parse, then remember the nonce; WireError with the reason.
+
+        ``now_ms``: the wall clock (the timestamp window); ``mono_ms``: the monotonic clock the
+        replay cache expires on (default: this process's).
+        """
         layer = verify_frame(frame, self.key, now_ms, int(self.window_s * 1000))
-        self.replay.check_and_add(layer.nonce, now_ms, layer.timestamp_ms)
+        mono = time.monotonic_ns() // 1_000_000 if mono_ms is None else mono_ms
+        self.replay.check_and_add(layer.nonce, now_ms, layer.timestamp_ms, mono_ms=mono)
         if isinstance(layer, ProbeLayer) and not self.probes.take(now_ms / 1000):
             raise WireError(Status.RATE_LIMITED)
         return layer

@@ -478,3 +478,25 @@ def test_probe_targets_are_allowed_as_targets_or_as_next_hops() -> None:
     assert policy.check_probe_target("198.18.0.6", (7070,))  # and its agent port
     assert not policy.check_probe_target("198.18.0.6", (22,))  # not any port of it
     assert not policy.check_probe_target("198.18.1.9", ())  # nor anything else
+
+
+def test_replay_cache_expiry_runs_on_the_monotonic_clock() -> None:
+    """A wall-clock step must neither fill the cache (back: nothing expired until the clock
+    caught up, then every layer refused as BUSY) nor let a replay through (forward then back:
+    a nonce dropped early)."""
+    window, rate = 30_000, 1000  # 30 s, 1,000 layers/s
+    cache = ReplayCache(window, max_entries=3 * 30 * rate)
+    wall, mono = 10**12, 5_000
+    step_back = 3_600_000
+    for i in range(300 * rate):  # 300 s of traffic, the wall clock set back an hour at 100 s
+        t_wall = wall + i - (step_back if i >= 100 * rate else 0)
+        cache.check_and_add(i.to_bytes(16, "big"), t_wall, ts_ms=t_wall, mono_ms=mono + i)
+    assert len(cache) <= 2 * 30 * rate  # ~a window's worth, not everything since the step
+
+    cache = ReplayCache(window)
+    nonce = b"n" * 16
+    cache.check_and_add(nonce, wall, ts_ms=wall, mono_ms=mono)
+    cache.check_and_add(b"x" * 16, wall + 3_600_000, mono_ms=mono + 1000)  # wall jumps forward
+    with pytest.raises(WireError) as err:  # wall set back: the header is in its window again
+        cache.check_and_add(nonce, wall + 2000, ts_ms=wall, mono_ms=mono + 2000)
+    assert err.value.code == Status.REPLAY
