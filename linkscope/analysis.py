@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import itertools
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -33,6 +32,7 @@ if TYPE_CHECKING:  # pandas and matplotlib are the ``analysis`` extra: imported 
     import pandas as pd
     from matplotlib.figure import Figure
 
+    from linkscope.geo.geometry import GeoPoint, PathGeometry
     from linkscope.store import Store
 
     HistorySource = Store | str | os.PathLike[str]
@@ -735,37 +735,104 @@ def great_circle_points(
     return pts
 
 
+def _window_index(lon: float, centre: float) -> int:
+    """Which 360° copy of the map ``centre`` ± 180° an (unwrapped) longitude falls in."""
+    return math.floor((lon - centre + 180.0) / 360.0)
+
+
+def map_lines(
+    points: Sequence[tuple[float, float]], centre: float
+) -> list[list[tuple[float, float]]]:
+    """A line through (lat, lon) ``points`` as drawn on lon/lat axes spanning ``centre`` ± 180°.
+
+    Every longitude is put inside that window, and the line is cut where it leaves the map on
+    one side to come back on the other (a great circle the long way round, or across the
+    antimeridian): the edge point is added to both pieces, so each piece runs to the edge and no
+    piece jumps across the map. Consecutive points must be less than 180° of longitude apart.
+    """
+    lons = _unwrap([p[1] for p in points])
+    pieces: list[list[tuple[float, float]]] = []
+    piece: list[tuple[float, float]] = []
+    prev: tuple[float, float, int] | None = None
+    for (lat, _), lon in zip(points, lons, strict=True):
+        k = _window_index(lon, centre)
+        if prev is not None and k != prev[2]:
+            plat, plon, pk = prev
+            edge = centre - 180.0 + 360.0 * max(k, pk)  # the edge crossed, unwrapped
+            cut = plat + (lat - plat) * (edge - plon) / (lon - plon)
+            piece.append((cut, edge - 360.0 * pk))
+            pieces.append(piece)
+            piece = [(cut, edge - 360.0 * k)]
+        piece.append((lat, lon - 360.0 * k))
+        prev = (lat, lon, k)
+    if piece:
+        pieces.append(piece)
+    return pieces
+
+
 MAP_HEIGHT = 5.0  # the most a map takes; a wide, flat path takes less
 
 
+def _path_points(
+    rows: pd.DataFrame, source: tuple[float, float, str] | None
+) -> tuple[GeoPoint, ...]:
+    """The located hops of one trace, after ``source`` when given, as geometry points."""
+    from linkscope.geo.geometry import GeoPoint
+
+    points = [GeoPoint(lat, lon, label) for lat, lon, label in _located(rows)]
+    if source is not None:
+        points.insert(0, GeoPoint(float(source[0]), float(source[1]), str(source[2])))
+    return tuple(points)
+
+
 class _MapData:
-    """What a path map draws: the located points in order, unwrapped, and the great circle."""
+    """What a path map draws: the route of one ``PathGeometry`` (the computation whose figures
+    the text and JSON print), placed on the map, and the direct great circle."""
 
     def __init__(
-        self, hops: pd.DataFrame, trace_id: int | None, source: tuple[float, float, str] | None
+        self,
+        hops: pd.DataFrame,
+        trace_id: int | None,
+        source: tuple[float, float, str] | None,
+        geometry: PathGeometry | None = None,
     ) -> None:
+        from linkscope.geo.geometry import path_geometry
+
         _require(
             hops, ("trace_id", "started_at", "ttl", "address", "lat", "lon", "city"), "path map"
         )
         self.rows = _pick(hops, "trace_id", trace_id, "started_at", "path map")
-        points = _located(self.rows)
-        if source is not None:
-            points = [(float(source[0]), float(source[1]), str(source[2])), *points]
+        if geometry is None:
+            points = _path_points(self.rows, source)
+            geometry = path_geometry(points) if points else None
+        route = [] if geometry is None else _route(geometry)
         # consecutive hops in one place (one router after another) are one point on a map
-        pts = [p for i, p in enumerate(points) if i == 0 or p[:2] != points[i - 1][:2]]
-        if len(pts) < 2:
+        pts = [
+            p
+            for i, p in enumerate(route)
+            if i == 0 or (p.lat, p.lon) != (route[i - 1].lat, route[i - 1].lon)
+        ]
+        if geometry is None or len(pts) < 2 or geometry.path_km is None:
             raise NoData(
                 "path map: fewer than two located points on this path (probe with --geoip, "
                 "or pass source=(lat, lon, label))"
             )
-        self.points = pts
-        self.lons = _unwrap([p[1] for p in pts])
-        self.lats = [p[0] for p in pts]
-        circle = great_circle_points(pts[0][:2], pts[-1][:2])
-        self.c_lons = _unwrap([self.lons[0], *[p[1] for p in circle[1:]]])
-        self.c_lats = [p[0] for p in circle]
-        all_lons, all_lats = self.lons + self.c_lons, self.lats + self.c_lats
-        self.xlim = (min(all_lons) - 12.0, max(all_lons) + 30.0)  # room for the labels
+        assert geometry.direct_km is not None  # set whenever path_km is
+        self.geometry = geometry
+        self.labels = [p.label or "?" for p in pts]
+        unwrapped = _unwrap([p.lon for p in pts])
+        # the map spans 360° around the middle of the path, which is never cut (it spans less)
+        self.centre = (min(unwrapped) + max(unwrapped)) / 2
+        self.lons = unwrapped
+        self.lats = [p.lat for p in pts]
+        circle = great_circle_points((pts[0].lat, pts[0].lon), (pts[-1].lat, pts[-1].lon))
+        self.circle = map_lines(circle, self.centre)
+        all_lons = self.lons + [lon for piece in self.circle for _, lon in piece]
+        all_lats = self.lats + [lat for piece in self.circle for lat, _ in piece]
+        self.xlim = (  # room for the labels, within the one copy of the world drawn
+            max(self.centre - 180.0, min(all_lons) - 12.0),
+            min(self.centre + 180.0, max(all_lons) + 30.0),
+        )
         self.ylim = (max(-90.0, min(all_lats) - 12.0), min(90.0, max(all_lats) + 12.0))
 
     @property
@@ -775,13 +842,34 @@ class _MapData:
         return max(2.8, min(MAP_HEIGHT + 2.5, (WIDTH - 1.2) * aspect + 1.5))
 
 
+def _route(geometry: PathGeometry) -> list[GeoPoint]:
+    """The points a geometry measured, in order: its source, then each segment's end."""
+    if geometry.source is None:
+        return []
+    return [geometry.source, *(s.end for s in geometry.segments)]
+
+
+def map_title(geometry: PathGeometry, target: str | None) -> str:
+    """The path map's title: the geometry's own path and direct lengths and detour ratio, the
+    figures ``trace``/``probe`` print and put in their JSON."""
+    path_km = geometry.path_km or 0.0
+    direct_km = geometry.direct_km or 0.0
+    ratio = f" (×{geometry.detour_ratio:.2f})" if geometry.detour_ratio is not None else ""
+    return (
+        f"Path to {target or '?'}: {path_km:,.0f} km travelled for {direct_km:,.0f} km "
+        f"direct{ratio}"
+    )
+
+
 def map_height(
     hops: pd.DataFrame,
     trace_id: int | None = None,
     source: tuple[float, float, str] | None = None,
+    *,
+    geometry: PathGeometry | None = None,
 ) -> float:
     """The height ``plot_path_map`` gives this path (to stack it with other plots)."""
-    return _MapData(hops, trace_id, source).height
+    return _MapData(hops, trace_id, source, geometry).height
 
 
 def plot_path_map(
@@ -789,35 +877,35 @@ def plot_path_map(
     trace_id: int | None = None,
     *,
     source: tuple[float, float, str] | None = None,
+    geometry: PathGeometry | None = None,
     attribution: str | None = None,
     into: Any = None,
 ) -> Figure:
     """A path's located hops on plain lon/lat axes, in order, against the direct great circle.
 
     The detour is the gap between the solid path and the dashed direct line; the title gives
-    both lengths. ``source`` (lat, lon, label) is where the path starts when known (the user's
-    own address is rarely in a GeoIP database); else the first located hop stands in.
-    No map tiles or coastlines: a lon/lat grid only. Longitudes are unwrapped so that a path
-    across the Pacific stays continuous; tick labels show them wrapped back to ±180°.
-    ``attribution`` (see ``attribute``), for the database that located the hops, is printed at
-    the foot.
+    both lengths. ``geometry`` is the ``PathGeometry`` the command computed (``trace``'s
+    ``--plot`` passes it): the map then draws exactly its route and figures, from the same
+    origin as the text and JSON. Without it, the geometry is computed here, the same way, from
+    ``source`` (lat, lon, label) when known (the user's own address is rarely in a GeoIP
+    database), else from the first located hop. No map tiles or coastlines: a lon/lat grid
+    only, 360° at most, centred on the path so that a path across the Pacific stays continuous;
+    a great circle that leaves one edge comes back at the other, and tick labels show
+    longitudes wrapped back to ±180°. ``attribution`` (see ``attribute``), for the database that
+    located the hops, is printed at the foot.
     """
-    from linkscope.geo.geometry import great_circle_km
-
-    m = _MapData(hops, trace_id, source)
-    pts = m.points
-    path_km = sum(great_circle_km(a[0], a[1], b[0], b[1]) for a, b in itertools.pairwise(pts))
-    direct_km = great_circle_km(pts[0][0], pts[0][1], pts[-1][0], pts[-1][1])
+    m = _MapData(hops, trace_id, source, geometry)
     fig, root = _canvas(into, m.height)
     ax = fig.subplots()
-    ax.plot(
-        m.c_lons,
-        m.c_lats,
-        "--",
-        color="grey",
-        lw=1.2,
-        label=f"direct great circle: {direct_km:,.0f} km",
-    )
+    for i, piece in enumerate(m.circle):
+        ax.plot(
+            [lon for _, lon in piece],
+            [lat for lat, _ in piece],
+            "--",
+            color="grey",
+            lw=1.2,
+            label=f"direct great circle: {m.geometry.direct_km:,.0f} km" if i == 0 else None,
+        )
     ax.plot(
         m.lons,
         m.lats,
@@ -825,13 +913,13 @@ def plot_path_map(
         color=DIRECT_COLOUR,
         lw=2,
         alpha=0.8,
-        label=f"measured path: {path_km:,.0f} km",
+        label=f"measured path: {m.geometry.path_km:,.0f} km",
     )
     ax.scatter(m.lons, m.lats, s=40, color=DIRECT_COLOUR, zorder=3)
-    for i, (lon, lat, p) in enumerate(zip(m.lons, m.lats, pts, strict=True)):
+    for i, (lon, lat, label) in enumerate(zip(m.lons, m.lats, m.labels, strict=True)):
         below = i % 2 == 1  # alternate sides: neighbouring cities' labels do not overlap
         ax.annotate(
-            f"{i}. {p[2]}",
+            f"{i}. {label}",
             (lon, lat),
             xytext=(6, -12 if below else 6),
             textcoords="offset points",
@@ -848,12 +936,8 @@ def plot_path_map(
     ax.set_ylabel("latitude")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize="small")
-    ratio = path_km / direct_km if direct_km > 0 else math.inf
     target = _text(m.rows.iloc[0]["target"]) if "target" in m.rows else None
-    ax.set_title(
-        f"Path to {target or '?'}: {path_km:,.0f} km travelled for {direct_km:,.0f} km "
-        f"direct (×{ratio:.2f})"
-    )
+    ax.set_title(map_title(m.geometry, target))
     attribute(fig, attribution)
     return root
 
@@ -1046,10 +1130,17 @@ def plot_for_probe(
     return _stack(parts, path)
 
 
-def plot_for_trace(trace: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
-    """``trace --plot FILE``: the mtr-like per-hop chart, plus the map when at least two hops
-    are located. ``trace``: ``Trace.to_dict()`` (with the CLI's ``geo`` block, whose
-    attribution is printed under the panels that show located hops)."""
+def plot_for_trace(
+    trace: Mapping[str, Any],
+    path: str | os.PathLike[str],
+    *,
+    geometry: PathGeometry | None = None,
+) -> Path:
+    """``trace --plot FILE``: the mtr-like per-hop chart, plus the map when at least two points
+    of the path are located. ``trace``: ``Trace.to_dict()`` (with the CLI's ``geo`` block, whose
+    attribution is printed under the panels that show located hops). ``geometry``: the
+    ``PathGeometry`` the document's figures came from, so that the map has the same origin and
+    figures (see ``plot_path_map``)."""
     hops = hops_frame(trace)
     if hops.empty:
         raise NoData("--plot: the trace has no hops; nothing to draw")
@@ -1057,9 +1148,12 @@ def plot_for_trace(trace: Mapping[str, Any], path: str | os.PathLike[str]) -> Pa
     parts: list[tuple[float, Any]] = [
         (trace_height(len(hops)), lambda into: plot_trace(hops, attribution=credit, into=into))
     ]
-    if len(_located(hops)) >= 2:
+    with contextlib.suppress(NoData):
         parts.append(
-            (map_height(hops), lambda into: plot_path_map(hops, attribution=credit, into=into))
+            (
+                map_height(hops, geometry=geometry),
+                lambda into: plot_path_map(hops, geometry=geometry, attribution=credit, into=into),
+            )
         )
     return _stack(parts, path)
 
@@ -1187,6 +1281,8 @@ __all__ = [
     "load_traces",
     "main",
     "map_height",
+    "map_lines",
+    "map_title",
     "parse_source",
     "pings_frame",
     "plan_frame",

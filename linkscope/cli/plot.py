@@ -5,11 +5,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import typer
 
 from linkscope.errors import InputError
+
+if TYPE_CHECKING:
+    from linkscope.geo.geometry import PathGeometry
 
 PlotKind = Literal["probe", "trace", "plan"]
 FORMATS = (".png", ".svg", ".pdf")
@@ -30,9 +33,18 @@ def check_plot_path(path: Path | None) -> None:
 
 
 def write_plot(
-    kind: PlotKind, doc: Mapping[str, Any] | Sequence[Mapping[str, Any]], path: Path | None
+    kind: PlotKind,
+    doc: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    path: Path | None,
+    *,
+    geometry: PathGeometry | None = None,
 ) -> None:
-    """Draw ``doc`` (the command's JSON document) to ``path``; say where on stderr."""
+    """Draw ``doc`` (the command's JSON document) to ``path``; say where on stderr.
+
+    ``geometry``: for a trace, the ``PathGeometry`` its figures were computed from; the map then
+    draws that very computation (same origin, same figures) instead of redoing it from the
+    located hops, which do not say where the path started.
+    """
     if path is None:
         return
     try:
@@ -46,7 +58,7 @@ def write_plot(
         out = analysis.plot_for_probe(doc, path)
     elif kind == "trace":
         assert isinstance(doc, Mapping)
-        out = analysis.plot_for_trace(doc, path)
+        out = analysis.plot_for_trace(doc, path, geometry=geometry)
     else:
         assert isinstance(doc, Mapping)
         out = analysis.plot_for_plan(doc, path)

@@ -293,9 +293,10 @@ def _annotate(result: Any, geo: Any) -> Any:
     return replace(annotated, geometry=phrase)
 
 
-def _annotate_trace(trace: Any, geo: Any) -> tuple[Any, dict[str, float | None]]:
-    """Hops located (with distance_km), and floor/detour/inflation as `probe` computes them,
-    from where the user is to the target; a failed lookup is one line on stderr."""
+def _annotate_trace(trace: Any, geo: Any) -> tuple[Any, dict[str, float | None], Any]:
+    """Hops located (with distance_km), floor/detour/inflation as `probe` computes them, from
+    where the user is to the target, and the PathGeometry they come from (the map draws it);
+    a failed lookup is one line on stderr."""
     from linkscope.geo.annotate import annotate_trace_geometry, local_source
     from linkscope.probe.models import geometry_figures
 
@@ -304,8 +305,9 @@ def _annotate_trace(trace: Any, geo: Any) -> tuple[Any, dict[str, float | None]]
         annotated, shape = annotate_trace_geometry(trace, geo, source=source)
     except LinkscopeError as exc:
         print(f"linkscope: warning: geo lookup failed: {exc}", file=sys.stderr)
-        return trace, geometry_figures(None, None, None)
-    return annotated, geometry_figures(shape.floor_rtt_ms, shape.detour_ratio, shape.inflation)
+        return trace, geometry_figures(None, None, None), None
+    figures = geometry_figures(shape.floor_rtt_ms, shape.detour_ratio, shape.inflation)
+    return annotated, figures, shape
 
 
 @app.command("trace")
@@ -368,13 +370,14 @@ def trace_cmd(
         result = _run_with_stop(main)
         stopped = result.interrupted
         figures = geometry_figures(None, None, None)
+        shape = None
         if geo is not None:
-            result, figures = _annotate_trace(result, geo)
+            result, figures, shape = _annotate_trace(result, geo)
         store.record_trace(result, target)
     finally:
         store.close()
     doc = _with_geo({**result.to_dict(), **figures}, geo)
-    write_plot("trace", doc, plot)
+    write_plot("trace", doc, plot, geometry=shape)
     if json_out:
         print_json(doc)
     else:

@@ -103,3 +103,30 @@ def test_probe_plot_credits_db_ip_when_its_data_is_shown(
     assert res.returncode == 0, res.stderr
     svg = out.read_text(encoding="utf-8")
     assert "London" not in svg and "DB-IP" not in svg
+
+
+def test_trace_plot_draws_the_geometry_the_command_computed(tmp_path: Path) -> None:
+    """`trace --plot` hands write_plot the PathGeometry its JSON figures came from; the map's
+    title then has those figures (from the user's location), not ones of its own."""
+    pytest.importorskip("matplotlib")
+    from linkscope.cli.plot import write_plot
+    from linkscope.geo.geometry import GeoPoint, path_geometry
+    from linkscope.probe.models import Hop, Trace
+
+    hops = (
+        Hop(ttl=1, address="198.19.0.1", sent=1, rtts=(6.3,), city="Beijing", lat=39.9042,
+            lon=116.4074, distance_km=113.8),
+        Hop(ttl=2, address="198.18.0.4", sent=1, rtts=(352.3,), city="São Paulo", lat=-23.5505,
+            lon=-46.6333, distance_km=17599.3),
+    )  # fmt: skip
+    doc = Trace(target="br", address="198.18.0.4", protocol="icmp", hops=hops, reached=True)
+    points = [GeoPoint(h.lat or 0.0, h.lon or 0.0, h.city, h.ttl) for h in hops]
+    shape = path_geometry(points, source=GeoPoint(39.0842, 117.2009, "source"))
+    out = tmp_path / "trace.svg"
+    import matplotlib
+
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        write_plot("trace", doc.to_dict(), out, geometry=shape)
+    svg = out.read_text(encoding="utf-8")
+    assert f"{shape.path_km:,.0f} km travelled for {shape.direct_km:,.0f} km direct" in svg
+    assert "17,711 km direct" in svg  # from Tianjin; from Beijing it would be 17,599

@@ -10,11 +10,13 @@ one real probe of 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import html
 import io
 import itertools
 import json
 import math
 import random
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -444,7 +446,7 @@ def test_plot_path_map_shows_the_detour(history: dict[str, Any]) -> None:
     ax = fig.axes[0]
     title = ax.get_title()
     assert "Path to br" in title and "km travelled" in title
-    path_line = ax.get_lines()[1]
+    (path_line,) = [line for line in ax.get_lines() if line.get_linestyle() == "-"]
     lons = [float(v) for v in cast(Any, path_line.get_xdata())]
     # home, Beijing, Los Angeles, São Paulo: continuous across the antimeridian
     assert len(lons) == 4 and all(abs(b - a) <= 180 for a, b in itertools.pairwise(lons))
@@ -460,6 +462,106 @@ def test_great_circle_points_end_at_both_ends() -> None:
     assert len(pts) == 11
     assert pts[0] == pytest.approx((39.9, 116.4), abs=1e-9)
     assert pts[-1] == pytest.approx((-23.55, -46.63), abs=1e-9)
+
+
+TIANJIN = (39.0842, 117.2009)  # where the lab places home (docs/lab.md)
+
+
+def lab_trace_document() -> tuple[dict[str, Any], Any]:
+    """``trace br`` from home in the Brazil lab, as the CLI builds it: the hops located and
+    annotated from Tianjin, the JSON document, and the geometry its figures came from."""
+    from dataclasses import replace
+
+    from linkscope.geo.annotate import hop_distances, reached_rtt_ms, trace_geometry
+    from linkscope.probe.models import geometry_figures
+
+    located = tuple(
+        Hop(ttl=i, address=address, sent=3, rtts=(rtt,), name=name, city=city, country=country,
+            asn=asn, lat=lat, lon=lon)
+        for i, ((name, address, city, country, asn, lat, lon), rtt)
+        in enumerate(zip(BR_PATH, (6.3, 167.6, 352.3), strict=True), start=1)
+    )  # fmt: skip
+    km = hop_distances(located, TIANJIN)
+    hops = tuple(replace(h, distance_km=km.get(h.ttl)) for h in located)
+    trace = Trace(target="br", address="198.18.0.4", protocol="icmp", hops=hops, reached=True)
+    shape = trace_geometry(trace, source=TIANJIN, measured_rtt_ms=reached_rtt_ms(trace))
+    figures = geometry_figures(shape.floor_rtt_ms, shape.detour_ratio, shape.inflation)
+    return {**trace.to_dict(), **figures}, shape
+
+
+def map_figures(title: str) -> tuple[int, int, str]:
+    """(km travelled, km direct, detour ratio) as a path map's title prints them."""
+    found = re.search(r"([\d,]+) km travelled for ([\d,]+) km direct \(×([\d.]+)\)", title)
+    assert found, title
+    return int(found[1].replace(",", "")), int(found[2].replace(",", "")), found[3]
+
+
+def test_trace_map_has_the_json_figures_and_origin(tmp_path: Path) -> None:
+    """The map's title and lines are the geometry the JSON's figures came from: measured from
+    the user's location (Tianjin), not from the first located hop (Beijing)."""
+    from linkscope.geo.geometry import FIBRE_KM_PER_MS
+
+    doc, shape = lab_trace_document()
+    travelled = sum(h["distance_km"] for h in doc["hops"])  # the text's km column
+    direct = doc["floor_rtt_ms"] * FIBRE_KM_PER_MS / 2  # floor = 2·d / (c·2/3)
+    assert (round(travelled), round(direct)) == (20_082, 17_711)
+    expected = (round(travelled), round(direct), f"{doc['detour_ratio']:.2f}")
+    svg = svg_text(analysis.plot_for_trace(doc, tmp_path / "t.svg", geometry=shape))
+    (title,) = re.findall(r"Path to br: [^<]*", svg)
+    assert map_figures(html.unescape(title)) == expected
+    fig = analysis.plot_path_map(analysis.hops_frame(doc), geometry=shape)
+    ax = fig.axes[0]
+    assert map_figures(ax.get_title()) == expected
+    (path_line,) = [line for line in ax.get_lines() if line.get_linestyle() == "-"]
+    path_lons = [float(v) for v in cast(Any, path_line.get_xdata())]
+    path_lats = [float(v) for v in cast(Any, path_line.get_ydata())]
+    assert (path_lats[0], path_lons[0]) == pytest.approx(TIANJIN)  # the origin is drawn
+    circle = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    # the dashed direct line starts at the origin's marker and ends at São Paulo's
+    first, last = circle[0], circle[-1]
+    assert float(cast(Any, first.get_xdata())[0]) == pytest.approx(path_lons[0])
+    assert float(cast(Any, first.get_ydata())[0]) == pytest.approx(path_lats[0])
+    assert float(cast(Any, last.get_xdata())[-1]) == pytest.approx(path_lons[-1])
+    assert float(cast(Any, last.get_ydata())[-1]) == pytest.approx(path_lats[-1])
+    for line in circle:
+        xs = [float(v) for v in cast(Any, line.get_xdata())]
+        assert all(abs(b - a) < 180 for a, b in itertools.pairwise(xs))
+    # without the command's geometry, the map can only start at the first located hop
+    alone = analysis.plot_path_map(analysis.hops_frame(doc)).axes[0].get_title()
+    assert map_figures(alone)[:2] == (19_968, 17_599)
+
+
+def same_lon(x: float, y: float) -> bool:
+    return abs((x - y + 180) % 360 - 180) < 1e-6
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "centre", "n_pieces"),
+    [
+        (TIANJIN, (-23.5505, -46.6333), 214.9, 2),  # the Brazil lab's map: the long way round
+        (TIANJIN, (-23.5505, -46.6333), 0.0, 1),
+        ((35.68, 139.69), (34.05, -118.24), 0.0, 2),  # Tokyo -> Los Angeles, across ±180°
+        ((35.68, 139.69), (34.05, -118.24), 180.0, 1),
+        ((-36.85, 174.76), (21.31, -157.86), 0.0, 2),  # Auckland -> Honolulu
+        ((51.5, -0.13), (48.86, 2.35), 0.0, 1),  # London -> Paris
+    ],
+)
+def test_map_lines_never_jump_across_the_map(
+    a: tuple[float, float], b: tuple[float, float], centre: float, n_pieces: int
+) -> None:
+    pieces = analysis.map_lines(analysis.great_circle_points(a, b), centre)
+    assert len(pieces) == n_pieces
+    for piece in pieces:
+        lons = [lon for _, lon in piece]
+        assert all(abs(q - p) <= 180 for p, q in itertools.pairwise(lons))
+        assert all(centre - 180 - 1e-9 <= lon <= centre + 180 + 1e-9 for lon in lons)
+    # the pieces are the whole circle: from a to b, each cut on one edge and resumed on the other
+    (lat_a, lon_a), (lat_b, lon_b) = pieces[0][0], pieces[-1][-1]
+    assert lat_a == pytest.approx(a[0]) and same_lon(lon_a, a[1])
+    assert lat_b == pytest.approx(b[0]) and same_lon(lon_b, b[1])
+    for left, right in itertools.pairwise(pieces):
+        assert left[-1][0] == pytest.approx(right[0][0])
+        assert abs(left[-1][1] - right[0][1]) == pytest.approx(360)
 
 
 def test_plot_plan_against_direct(history: dict[str, Any]) -> None:
