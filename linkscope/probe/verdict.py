@@ -20,6 +20,9 @@ JITTER_HIGH_MS = 30.0
 JUMP_MIN_MS = 20.0  # a latency jump smaller than this is never "where latency begins"
 JUMP_SHARE = 0.5  # ... nor one below this share of the end-to-end RTT
 INFLATION_HIGH = 2.0  # RTT over the speed-of-light floor above which the path is a detour
+# ... that matters only if it adds this much RTT over the floor: a 6 ms path is 6x its 1 ms
+# floor, and no relay would make it better for any use
+INFLATION_MIN_EXCESS_MS = 30.0
 
 
 LEVELS = ("good", "fair", "poor", "bad")
@@ -144,7 +147,13 @@ def verdict(result: ProbeResult) -> str:
         after = f" after {_hop_label(prev)}" if prev is not None else ""
         clauses.append(f"latency rises {_ms(rise)} at {_hop_label(hop)}{after}")
     detours = result.geometry is not None and "detour" in result.geometry
-    if detours or (result.inflation is not None and result.inflation >= INFLATION_HIGH):
+    inflated = result.inflation is not None and result.inflation >= INFLATION_HIGH
+    # the RTT the detour adds over the floor (inflation is RTT / floor)
+    excess = None
+    if p50 is not None and result.inflation is not None and result.inflation > 0:
+        excess = p50 * (1 - 1 / result.inflation)
+    material = excess is None or excess >= INFLATION_MIN_EXCESS_MS
+    if (detours or inflated) and material:
         if result.geometry is not None:
             clauses.append(result.geometry)
         else:

@@ -86,6 +86,10 @@ CASES = [
         "poor",
     ),
     ("detour", result(ping(100.0), inflation=3.2), ["3.2×", "detours"], "fair"),
+    # 6.6 ms against a 1 ms floor, 20 ms against 10 ms: inflated, but by too little to matter
+    ("short path inflated", result(ping(6.6), inflation=5.8), ["no loss", "fine"], "good"),
+    ("short path 2x", result(ping(20.0), inflation=2.2), ["no loss", "fine"], "good"),
+    ("detour adding 30 ms", result(ping(60.0), inflation=2.0), ["2.0×", "detours"], "fair"),
     (
         "unreachable, silent after hop 2",
         result(
