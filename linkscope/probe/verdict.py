@@ -147,13 +147,13 @@ def verdict(result: ProbeResult) -> str:
         after = f" after {_hop_label(prev)}" if prev is not None else ""
         clauses.append(f"latency rises {_ms(rise)} at {_hop_label(hop)}{after}")
     detours = result.geometry is not None and "detour" in result.geometry
-    inflated = result.inflation is not None and result.inflation >= INFLATION_HIGH
+    too_high = result.inflation is not None and result.inflation >= INFLATION_HIGH
     # the RTT the detour adds over the floor (inflation is RTT / floor)
     excess = None
     if p50 is not None and result.inflation is not None and result.inflation > 0:
         excess = p50 * (1 - 1 / result.inflation)
     material = excess is None or excess >= INFLATION_MIN_EXCESS_MS
-    if (detours or inflated) and material:
+    if (detours or too_high) and material:
         if result.geometry is not None:
             clauses.append(result.geometry)
         else:
