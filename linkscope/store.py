@@ -194,10 +194,19 @@ class Store:
     """The history database. ``Store.open(None)`` uses the default path; use it as a context
     manager (``with Store.open(path) as store: ...``) so the connection is closed."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, make_dirs: bool = False) -> None:
+        """``make_dirs``: create the missing directories above ``path`` (for the default
+        path); a path the user gave must be in a directory that exists (a typo in ``--db``
+        must not create directories)."""
         self.path = Path(path)
+        if not make_dirs and not self.path.parent.is_dir():
+            raise StoreError(
+                f"cannot open history database {self.path}: "
+                f"directory {self.path.parent} does not exist"
+            )
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if make_dirs:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=10.0)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open history database {self.path}: {exc}") from exc
@@ -216,7 +225,8 @@ class Store:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str] | None = None) -> Store:
-        return cls(default_path() if path is None else path)
+        """``path``, or the default path (its directories created as needed)."""
+        return cls(default_path(), make_dirs=True) if path is None else cls(path)
 
     def __enter__(self) -> Store:
         return self

@@ -32,7 +32,7 @@ def store(tmp_path: Path) -> Store:
 
 
 def test_new_database_is_wal_at_current_version(tmp_path: Path) -> None:
-    path = tmp_path / "sub" / "h.db"
+    path = tmp_path / "h.db"
     with Store.open(path) as s:
         assert s.schema_version == SCHEMA_VERSION
     db = sqlite3.connect(path)
@@ -214,3 +214,16 @@ def test_parse_since_iso() -> None:
 def test_parse_since_bad(text: str) -> None:
     with pytest.raises(InputError):
         parse_since(text)
+
+
+def test_a_given_path_creates_no_directories_the_default_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A typo in --db must not leave directories behind; the default path is made on demand."""
+    with pytest.raises(StoreError, match=r"directory .*/no/such does not exist"):
+        Store.open(tmp_path / "no" / "such" / "h.db")
+    assert not (tmp_path / "no").exists()
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    with Store.open() as s:
+        assert s.path == tmp_path / "xdg" / "linkscope" / "history.db"
+    assert s.path.exists()
