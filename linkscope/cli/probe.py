@@ -57,6 +57,11 @@ def _geo_lookup(
 ) -> Any:
     """A GeoLookup (discovery order in linkscope.geo), or None when disabled."""
     if not enabled:
+        given = [
+            o for o, v in (("--geoip", geoip), ("--city-db", city_db), ("--asn-db", asn_db)) if v
+        ]
+        if given:
+            raise InputError(f"--no-geo excludes {', '.join(given)}")
         return None
     from linkscope.geo import GeoLookup
 
@@ -133,7 +138,9 @@ def probe(
     ),
     attempts: int = typer.Option(3, "--attempts", help="TCP handshakes per port."),
     no_trace: bool = typer.Option(False, "--no-trace", help="Skip the traceroute."),
-    protocol: str = typer.Option("icmp", "--protocol", help="Traceroute probes: icmp, udp, tcp."),
+    protocol: str = typer.Option(
+        "icmp", "--protocol", "-P", help="Traceroute probes: icmp, udp, tcp."
+    ),
     probes: int = typer.Option(
         5, "--probes", "-q", help="Traceroute probes per hop (all in flight at once)."
     ),
@@ -347,6 +354,8 @@ def trace_cmd(
     check_trace_method(method)
     if port is not None and not 0 < port < 65536:
         raise InputError(f"--port must be within 1..65535, not {port}")
+    if port is not None and proto == "icmp":
+        raise InputError("--port applies to udp and tcp traces (-P udp|tcp), not icmp")
     geo = _geo_lookup(geoip, not no_geo, city_db, asn_db)
     store = Store.open(db)
 

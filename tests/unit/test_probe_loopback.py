@@ -136,7 +136,7 @@ async def test_stop_returns_partial_results() -> None:
     await asyncio.sleep(0.2)
     stop.set()
     p = await asyncio.wait_for(task, 2)
-    assert 3 <= p.sent < 100 and p.loss == 0.0  # the probes in flight get a grace: loopback answers them all
+    assert 3 <= p.sent < 100 and p.loss == 0.0  # the probes in flight get a grace: all answered
     r = await probe_target("127.0.0.1", count=50, stop=stop)
     assert r.interrupted and r.ping.sent <= 1
 
