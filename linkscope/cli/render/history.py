@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from linkscope.store import Run
+
+INTERRUPTED = "[interrupted] "
+"""Prefix of the verdict of a run stopped by Ctrl-C (partial results)."""
 
 
 def _ms(value: float | None) -> str:
@@ -17,15 +22,23 @@ def _ms(value: float | None) -> str:
     return f"{value:.3f}" if value < 10 else f"{value:.1f}"
 
 
+VERDICT_MIN = 12
+"""Columns the verdict keeps when the data columns leave less (the line then overflows)."""
+
+
 def runs_table(runs: list[Run], width: int = 200) -> Table:
-    """One line per run; only the verdict gives way (shortened) to fit ``width`` columns."""
+    """One line per run; only the verdict gives way (shortened) to fit ``width`` columns.
+
+    The data columns are never shortened: each is as wide as its widest cell. When they alone
+    leave the verdict less than ``VERDICT_MIN`` columns, the table is wider than ``width``.
+    """
     rows = []
     for r in runs:
         when = datetime.fromtimestamp(r.started_at).strftime("%Y-%m-%d %H:%M:%S")
         hops = "-" if r.hops is None else f"{r.hops}" + ("" if r.reached else " (not reached)")
         verdict = r.verdict or ""
         if r.interrupted:
-            verdict = "[interrupted] " + verdict
+            verdict = INTERRUPTED + verdict
         rows.append(
             [
                 when,
@@ -43,24 +56,31 @@ def runs_table(runs: list[Run], width: int = 200) -> Table:
     t = Table(show_edge=False, pad_edge=False)
     used = 0
     for i, col in enumerate(headers):
-        used += max([len(col), *(len(row[i]) for row in rows)]) + 3  # + " │ "
+        fit = max([len(col), *(len(row[i]) for row in rows)])
+        used += fit + 3  # + " │ "
         right = col in ("id", "loss", "p50 ms", "hops")
-        t.add_column(col, justify="right" if right else "left", no_wrap=True)
-    t.add_column("verdict", no_wrap=True)
-    room = max(width - used, 12)
+        t.add_column(col, justify="right" if right else "left", no_wrap=True, min_width=fit)
+    room = max(width - used, VERDICT_MIN)
+    longest = max((len(row[-1]) for row in rows), default=0)
+    t.add_column("verdict", no_wrap=True, overflow="ellipsis", min_width=min(room, longest))
     for row in rows:
         if len(row[-1]) > room:
             row[-1] = row[-1][: room - 1] + "…"
-        t.add_row(*row)
+        # Text, not markup: "[interrupted]" and any bracket in a name are shown as they are
+        t.add_row(*(Text(cell) for cell in row))
     return t
 
 
 def print_runs(runs: list[Run], path: str) -> None:
+    """The runs table at the terminal's width; piped, at $COLUMNS or else 200 columns (rich
+    would cut it to 80). A line wider than that overflows rather than losing data columns."""
     console = Console(highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = 200
     if not runs:
         console.print(f"no runs recorded in {path} (matching the filters)", markup=False)
         return
-    console.print(runs_table(runs, console.width))
+    console.print(runs_table(runs, console.width), crop=False)
 
 
 def _when(ts: float) -> str:
