@@ -533,7 +533,8 @@ def plan_chains(
 
     Returns the best chain and up to ``alternatives`` others, best first, plus the direct path.
     ``via`` limits the candidate relays (every subset and order up to ``max_hops``); ``chain``
-    evaluates exactly that chain (ignoring ``max_hops``); ``avoid`` removes relays. Candidates
+    evaluates exactly that chain (ignoring ``max_hops``); ``avoid`` removes relays (naming one
+    in ``via`` or ``chain`` too is an InputError). Candidates
     are the graph's nodes marked ``relay`` (all but the source, by default), minus the target.
     InputError for unknown names or bad arguments; an unmeasured edge in ``chain`` is MissingEdge.
     """
@@ -613,6 +614,8 @@ def plan_chains(
 
     if via_l is not None:
         check(via_l, "--via")
+        if blocked := [n for n in via_l if n in avoid_l]:
+            raise InputError(f"--via names avoided relay {blocked[0]!r}")
         candidates = set(via_l)
     else:
         candidates = set(known)

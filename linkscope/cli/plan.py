@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import re
 import sys
@@ -22,14 +23,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import typer
 
 from linkscope.cli.app import app
 from linkscope.cli.auto import LiveProber
 from linkscope.cli.plot import PLOT_OPTION, check_plot_path, write_plot
-from linkscope.errors import InputError, LinkscopeError
+from linkscope.errors import ExitStatus, InputError, LinkscopeError
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -284,7 +285,27 @@ def _candidates(inventory: Inventory, plan_args: Mapping[str, Any]) -> list[str]
     return [n for n in names if n not in avoid]
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _interrupt_line(command: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Ctrl-C: one line on stderr and exit 130, as probe and trace do (typer alone would exit
+    130 silently)."""
+
+    @functools.wraps(command)
+    def run(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            print("linkscope: interrupted; no plan made", file=sys.stderr)
+            raise typer.Exit(ExitStatus.INTERRUPTED) from None
+
+    return run
+
+
 @app.command("plan")
+@_interrupt_line
 def plan_command(
     target: str = typer.Argument(
         ..., help="Where to go: a host (measured live) or a node name in the measurements."
@@ -394,6 +415,8 @@ def plan_command(
         src = g.graph["source"]
         if target not in g:
             raise InputError(f"target {target!r} does not appear in {measurements}")
+        if source is not None and g.degree(source) == 0:  # in the graph, but on no edge
+            raise InputError(f"source {source!r} does not appear in {measurements}")
     elif from_history:
         assert inventory is not None
         src = source or DEFAULT_SOURCE
@@ -440,12 +463,19 @@ def plan_command(
         unknown = sorted(set(graph_relays(g)) - set(inventory.nodes))
         if unknown:  # pragma: no cover - graph_from_measurements only marks inventory relays
             _warn(f"not in the inventory: {', '.join(unknown)}")
+    edges = measured_edges(g) if live else None
     if not plan.usable:
+        if edges and not as_json:  # what was measured, before saying it reaches nothing
+            from linkscope.cli.render.plan import render_measured
+
+            render_measured(edges)
+        if max_hops == 0 and plan_args["chain"] is None:
+            raise NoRoute(f"--max-hops 0 plans the direct path only, and no measured direct "
+                          f"path reaches {target!r} under the {plan.model} model")  # fmt: skip
         raise NoRoute(
             f"no measured chain or direct path reaches {target!r} under the {plan.model} model"
         )
     doc = plan.to_dict()
-    edges = measured_edges(g) if live else None
     from linkscope.store import Store
 
     with Store.open(db) as store:
@@ -460,7 +490,7 @@ def plan_command(
 
     if edges is not None:
         render_measured(edges)
-    render_plan(plan)
+    render_plan(plan, chain=plan_args["chain"])
 
 
 __all__ = [

@@ -206,6 +206,18 @@ def write_bad(tmp_path: Path, text: str) -> Path:
         (["--nodes", "{inv}", "--optimize", "speed"], 2, "unknown cost model 'speed'"),
         (["--nodes", "{inv}", "--max-hops", "-1"], 2, "--max-hops must be 0 or more"),
         (["--nodes", "{inv}", "--from", "sh"], 2, "--from 'sh' is the name of a relay node"),
+        (["--measurements", "{brazil}", "--from", "zz"], 2, "source 'zz' does not appear in"),
+        (
+            ["--measurements", "{brazil}", "--via", "sh", "--avoid", "sh"],
+            2,
+            "--via names avoided relay 'sh'",
+        ),
+        (["--nodes", "{inv}", "--via", "sh", "--avoid", "sh"], 2, "--via names avoided relay"),
+        (
+            ["--measurements", "{dead}", "--max-hops", "0"],
+            1,
+            "--max-hops 0 plans the direct path only, and no measured direct path reaches 'br'",
+        ),
     ],
 )
 def test_plan_errors(
@@ -270,6 +282,40 @@ def test_bad_inventory_exits_2_with_file_line_reason(
     assert len(err.splitlines()) == 1, err  # one line, nothing measured before it
     want = f"linkscope: error: {inv}:{line}: {reason.format(dir=tmp_path)}"
     assert err.startswith(want), err
+
+
+def test_error_is_one_line(tmp_path: Path) -> None:
+    """The real CLI: an unknown --from and an overlap of --via and --avoid are one line, exit 2."""
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path)}
+    for args, line in (
+        (["--from", "zz"], f"source 'zz' does not appear in {BRAZIL}"),
+        (["--via", "sh,mx", "--avoid", "mx"], "--via names avoided relay 'mx'"),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "linkscope", "plan", "br", "--measurements", str(BRAZIL),
+             *args],
+            capture_output=True, text=True, env=env, timeout=60, check=False,
+        )  # fmt: skip
+        assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", f"linkscope: error: {line}\n")
+
+
+def test_header_says_what_was_planned(capsys: pytest.CaptureFixture[str]) -> None:
+    """--chain is evaluated whatever --max-hops says, and the header says so; --max-hops 0 is
+    the direct path only, with its figures."""
+    argv = ["plan", "br", "--measurements", str(BRAZIL)]
+    code, out, err = run([*argv, "--chain", "sh,mx", "--max-hops", "1"], capsys)
+    assert code == 0, err
+    assert out.splitlines()[0] == "plan home → br  model interactive, --chain sh,mx"
+    assert "max 1 relay" not in out and "home → sh → mx → br" in out
+    code, out, err = run([*argv, "--max-hops", "1"], capsys)
+    assert code == 0 and out.splitlines()[0].endswith("model interactive, max 1 relay")
+    code, out, err = run([*argv, "--max-hops", "0"], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "plan home → br  model interactive, direct only (--max-hops 0)"
+    assert "home → br (direct) │  350.0 │ 39.0 % │  402.6 ms" in out
+    assert lines[-1] == "Direct only (--max-hops 0): home → br, 402.6 ms."
+    assert "No relay chain" not in out
 
 
 def test_unknown_target(capsys: pytest.CaptureFixture[str]) -> None:
@@ -445,3 +491,68 @@ def test_live_plan_without_any_agent_is_direct_only(
     assert doc["chains"] == [] and doc["direct"]["loss"] == 0.0
     assert [(e["from"], e["to"]) for e in doc["edges"]] == [("local", TARGET), ("local", "z")]
     assert len(err.splitlines()) == 1 and "agent z did not answer" in err
+
+
+def test_ctrl_c_says_interrupted(tmp_path: Path) -> None:
+    """The real CLI, interrupted while it measures (its agent connection is held open here):
+    exit 130 and one line on stderr, as probe and trace do."""
+    import signal
+
+    key = tmp_path / "k.key"
+    key.write_text("ab" * 32 + "\n")
+    key.chmod(0o600)
+    with socket.socket() as agent:  # accepts the plan's agent connection, answers nothing
+        agent.bind(("127.0.0.7", 0))
+        agent.listen()
+        agent.settimeout(30)
+        port = agent.getsockname()[1]
+        inv = tmp_path / "nodes.toml"
+        inv.write_text(f'[nodes.z]\nhost = "127.0.0.7"\nport = {port}\nkey_file = "k.key"\n')
+        env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path)}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "linkscope", "plan", TARGET, "--nodes", str(inv), "--count",
+             "100"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        try:
+            conn, _ = agent.accept()  # the measurement round is under way
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=30)
+            conn.close()
+        finally:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130
+    assert out == "" and err == "linkscope: interrupted; no plan made\n"
+
+
+def test_unreachable_target_shows_what_was_measured(tmp_path: Path) -> None:
+    """Live, toward a target the kernel cannot route to (an `unreachable` route in a namespace
+    of its own; loopback only): the measured edges come before the error; not with --json."""
+    key = tmp_path / "k.key"
+    key.write_text("ab" * 32 + "\n")
+    key.chmod(0o600)
+    inv = tmp_path / "nodes.toml"
+    inv.write_text('[nodes.z]\nhost = "127.0.0.6"\nport = 9\nkey_file = "k.key"\n')
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path),
+           "COLUMNS": "120"}  # fmt: skip
+    plan = f"{sys.executable} -m linkscope plan 127.0.0.9 --nodes {inv} --count 3"
+    script = "ip link set lo up && ip route add unreachable 127.0.0.9/32 table local && " + plan
+    got = []
+    for extra in ("", " --json"):
+        proc = subprocess.run(
+            ["unshare", "--net", "sh", "-c", script + extra],
+            capture_output=True, text=True, env=env, timeout=60, check=False,
+        )  # fmt: skip
+        if proc.returncode != 1 and "unshare" in proc.stderr:
+            pytest.skip(f"cannot make a network namespace here: {proc.stderr.strip()}")
+        got.append(proc)
+    text, as_json = got
+    assert text.returncode == 1, text.stderr
+    assert text.stdout.splitlines()[0].strip() == "measured edges"
+    assert "local → z" in text.stdout and "local → 127.0.0.9" in text.stdout
+    assert text.stderr.splitlines()[-1] == (
+        "linkscope: error: no measured chain or direct path reaches '127.0.0.9' under the "
+        "interactive model"
+    )
+    assert as_json.returncode == 1 and as_json.stdout == ""

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from linkscope.costs import get_model
@@ -48,14 +49,28 @@ def chain_label(plan: Plan, est: ChainEstimate) -> str:
     return " → ".join((plan.source, *est.hops, plan.target))
 
 
-def render_plan(plan: Plan, console: Console | None = None) -> None:
-    """The table of ranked chains (direct path last), then one line saying what wins."""
+def scope(plan: Plan, chain: Sequence[str] | None = None) -> str:
+    """What the plan considered: ``max 3 relays``, ``direct only (--max-hops 0)``, or, for
+    ``--chain`` (evaluated whatever ``--max-hops`` says), the chain itself."""
+    if chain is not None:
+        return f"--chain {','.join(chain)}"
+    if plan.max_hops == 0:
+        return "direct only (--max-hops 0)"
+    return f"max {plan.max_hops} {'relay' if plan.max_hops == 1 else 'relays'}"
+
+
+def render_plan(
+    plan: Plan, console: Console | None = None, *, chain: Sequence[str] | None = None
+) -> None:
+    """The table of ranked chains (direct path last), then one line saying what wins.
+
+    ``chain``: the plan evaluated exactly this chain (``--chain``), not a search up to max hops.
+    """
     con = console or Console()
     model = get_model(plan.model)
-    hops = "relay" if plan.max_hops == 1 else "relays"
     con.print(
-        f"[bold]plan {plan.source} → {plan.target}[/]  model [bold]{plan.model}[/], "
-        f"max {plan.max_hops} {hops}"
+        f"[bold]plan {escape(plan.source)} → {escape(plan.target)}[/]  "
+        f"model [bold]{plan.model}[/], {escape(scope(plan, chain))}"
     )
     con.print(f"[dim]cost: {model.description} ({_UNIT_LABEL.get(model.unit, model.unit)})[/]")
     table = Table(show_edge=False)
@@ -114,6 +129,10 @@ def render_measured(edges: Sequence[Mapping[str, Any]], console: Console | None 
 def summary(plan: Plan) -> str:
     """One sentence: which path wins, by how much, or why no gain can be given."""
     best = plan.best
+    if best is None and plan.max_hops == 0 and plan.direct is not None:
+        d = plan.direct
+        how = "delivers nothing (100 % loss)" if d.cost is None else format_cost(d.cost, plan.unit)
+        return f"Direct only (--max-hops 0): {plan.source} → {plan.target}, {how}."
     if best is None:
         if plan.direct is None:
             return "No chain and no direct path: nothing measured reaches the target."
@@ -134,5 +153,6 @@ __all__ = [
     "format_gain",
     "render_measured",
     "render_plan",
+    "scope",
     "summary",
 ]
