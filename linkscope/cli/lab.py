@@ -103,6 +103,7 @@ def up(
 
     topo = load_topology(topology)  # ConfigError (exit 2) before anything is built
     lab = Lab(topo, prefix, detached=True)
+    lab.check_can_build()  # root, and a free prefix, before saying anything is being built
     print(
         f"building lab {lab.prefix} ({len(topo.nodes)} nodes, {len(topo.links)} links)...",
         file=sys.stderr,

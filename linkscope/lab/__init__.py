@@ -1,7 +1,14 @@
 """An emulated internet in network namespaces, for tests and demos (see docs/lab.md)."""
 
 from linkscope.lab.addressing import Addressing, Interface
-from linkscope.lab.lab import Lab, LinkStats, find_labs, remove_stale_labs, teardown_prefix
+from linkscope.lab.lab import (
+    Lab,
+    LabChoiceError,
+    LinkStats,
+    find_labs,
+    remove_stale_labs,
+    teardown_prefix,
+)
 from linkscope.lab.topology import (
     Link,
     LinkParams,
@@ -19,6 +26,7 @@ __all__ = [
     "Addressing",
     "Interface",
     "Lab",
+    "LabChoiceError",
     "Link",
     "LinkParams",
     "LinkStats",

@@ -55,6 +55,11 @@ SETTABLE = ("delay_ms", "jitter_ms", "loss", "rate_mbit", "queue_ms")
 Direction = Literal["both", "a->b", "b->a"]
 
 
+class LabChoiceError(LabError, InputError):
+    """The lab asked for cannot be used as asked: none or several running, an unknown prefix,
+    a prefix already in use. A LabError, but a usage error (exit 2), like a bad prefix."""
+
+
 @dataclass(frozen=True)
 class LinkStats:
     """Counters of one direction of one link (packets/bytes delivered, packets dropped)."""
@@ -226,10 +231,9 @@ class Lab:
     def __exit__(self, *exc: object) -> None:
         self.down()
 
-    def up(self) -> Lab:
-        """Build the lab; on any failure, remove what was built and raise LabError."""
-        if self._up:
-            return self
+    def check_can_build(self) -> None:
+        """Refuse before anything is built: not root (LabError), or the prefix is in use by a
+        live lab (LabChoiceError; leftovers of crashed runs are removed first)."""
         if os.geteuid() != 0:
             raise LabError("the lab needs root (network namespaces, TUN devices)")
         remove_stale_labs(self.run_root)
@@ -237,11 +241,17 @@ class Lab:
             any(n.startswith(self.prefix + "-") for n in nsops.list_netns())
             or self.run_dir.exists()
         ):
-            raise LabError(f"lab prefix {self.prefix!r} is already in use")
+            raise LabChoiceError(f"lab prefix {self.prefix!r} is already in use")
+
+    def up(self) -> Lab:
+        """Build the lab; on any failure, remove what was built and raise LabError."""
+        if self._up:
+            return self
+        self.check_can_build()
         try:
             self.run_dir.mkdir(parents=True)
         except FileExistsError:
-            raise LabError(f"lab prefix {self.prefix!r} is already in use") from None
+            raise LabChoiceError(f"lab prefix {self.prefix!r} is already in use") from None
         except OSError as exc:
             raise LabError(f"cannot create {self.run_dir}: {exc.strerror}") from exc
         self._reset_params()
@@ -691,15 +701,17 @@ class Lab:
             detached = [p for p in running if (labs[p] or {}).get("detached")]
             pick = detached or running
             if not pick:
-                raise LabError("no lab is running (start one with `linkscope lab up TOPOLOGY`)")
+                raise LabChoiceError(
+                    "no lab is running (start one with `linkscope lab up TOPOLOGY`)"
+                )
             if len(pick) > 1:
-                raise LabError(
+                raise LabChoiceError(
                     f"several labs are running ({', '.join(sorted(pick))}); pick one with --prefix"
                 )
             prefix = pick[0]
         state = read_state(root, check_prefix(prefix))
         if state is None:
-            raise LabError(f"no lab {prefix!r} is running")
+            raise LabChoiceError(f"no lab {prefix!r} is running")
         topo = parse_topology(state["topology"], state.get("source"))
         lab = cls(topo, prefix, run_root=root, detached=bool(state.get("detached")))
         lab._up = state.get("stage") == "up"
@@ -959,6 +971,7 @@ def _unregister_cleanup(lab: Lab) -> None:
 
 __all__ = [
     "Lab",
+    "LabChoiceError",
     "LinkStats",
     "check_prefix",
     "find_labs",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import subprocess
 import sys
@@ -13,14 +14,49 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, timeout: float = 120, run_root: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    if run_root is not None:  # where the labs' state files are (LINKSCOPE_LAB_RUN)
+        env["LINKSCOPE_LAB_RUN"] = str(run_root)
     return subprocess.run(
         [sys.executable, "-m", "linkscope", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=REPO,
+        env=env,
     )
+
+
+def _usage_error(res: subprocess.CompletedProcess[str]) -> str:
+    """The one error line of a usage error: exit 2, nothing on stdout, no traceback."""
+    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
+    lines = res.stderr.strip().splitlines()
+    assert res.stdout == "" and len(lines) == 1, res.stderr
+    assert lines[0].startswith("linkscope: error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", [("status",), ("exec", "home", "--", "true")])
+def test_picking_a_lab_is_a_usage_error(tmp_path: Path, command: tuple[str, ...]) -> None:
+    """No lab, several labs, or a --prefix naming none: exit 2, which `lab exec` can never
+    confuse with the command's own 1. (State files only: `status` and `exec` read them and
+    touch nothing, so no lab has to be built.)"""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    line = _usage_error(run("lab", *command, run_root=empty))
+    assert "no lab is running" in line
+    line = _usage_error(run("lab", command[0], "--prefix", "lszz", *command[1:], run_root=empty))
+    assert line == "linkscope: error: no lab 'lszz' is running"
+    two = tmp_path / "two"
+    for prefix in ("lsqa", "lsqb"):
+        (two / prefix).mkdir(parents=True)
+        state = {"stage": "up", "detached": True, "topology": {}}
+        (two / prefix / "state.json").write_text(json.dumps(state))
+    line = _usage_error(run("lab", *command, run_root=two))
+    assert "several labs are running (lsqa, lsqb); pick one with --prefix" in line
 
 
 @pytest.mark.parametrize(
@@ -126,14 +162,20 @@ def test_up_status_exec_down(tmp_path: Path) -> None:
 
         res = run("lab", "status", "--prefix", prefix)
         assert res.returncode == 0 and "a→b" in res.stdout and prefix in res.stdout
+
+        # a prefix in use: refused before anything is built or said to be
+        line = _usage_error(run("lab", "up", str(topo), "--prefix", prefix))
+        assert line == f"linkscope: error: lab prefix {prefix!r} is already in use"
+        res = run("lab", "status", "--prefix", prefix, "--json")
+        assert res.returncode == 0 and json.loads(res.stdout)["emulator_running"] is True
     finally:
         res = run("lab", "down", "--prefix", prefix)
     assert res.returncode == 0, res.stderr
     assert f"removed lab {prefix}" in res.stderr
     res = run("lab", "down", "--prefix", prefix)  # idempotent
     assert res.returncode == 0
-    res = run("lab", "status", "--prefix", prefix)
-    assert res.returncode == 1 and "no lab" in res.stderr
+    line = _usage_error(run("lab", "status", "--prefix", prefix))
+    assert line == f"linkscope: error: no lab {prefix!r} is running"
     assert not any(n.startswith(prefix) for n in _netns())
 
 
