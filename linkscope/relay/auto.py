@@ -52,6 +52,7 @@ from linkscope.relay.decide import (
     gain,
     segments,
 )
+from linkscope.wire import MAX_HOPS
 
 AGENT_SLACK_S = 8.0
 """How much longer than a local probe an agent's request may take: the request crosses the path
@@ -104,8 +105,15 @@ class AutoConfig:
             raise InputError(f"--hysteresis must be a fraction in [0, 1), not {self.hysteresis}")
         if self.rounds < 1:
             raise InputError(f"--rounds must be at least 1, not {self.rounds}")
-        if self.max_hops < 0:
-            raise InputError(f"--max-hops must be at least 0, not {self.max_hops}")
+        if not 0 <= self.max_hops <= MAX_HOPS:
+            raise InputError(
+                f"--max-hops must be from 0 to {MAX_HOPS} (the relay header's limit), "
+                f"not {self.max_hops}"
+            )
+        if not (self.chain_timeout > 0 and math.isfinite(self.chain_timeout)):
+            raise InputError(
+                f"--chain-timeout must be a positive number of seconds, not {self.chain_timeout:g}"
+            )
         if self.probe_count < 1:
             raise InputError(f"--probe-count must be at least 1, not {self.probe_count}")
         if self.loss_window < 1:
@@ -864,10 +872,9 @@ def blame(chain: Chain, target: str, exc: BaseException) -> tuple[str, Segment |
     from linkscope.relay.entry import ChainRefused
 
     if isinstance(exc, ChainRefused):
-        from_entry = exc.index == 0 and "from the entry" in exc.reason
-        onward = exc.code in _ONWARD and not from_entry
+        onward = exc.code in _ONWARD and not exc.unreached
         seg = suspect_segment(chain, target, exc.index, onward)
-        return f"hop {exc.hop} refused: {exc.reason}", seg
+        return str(exc), seg
     if not chain:
         return f"direct connect failed: {exc}", (SOURCE, target)
     return str(exc) or type(exc).__name__, None

@@ -62,13 +62,91 @@ class HopLike(Protocol):
 
 
 class ChainRefused(Refused):
-    """Hop ``index`` (``hop`` = its name) of the chain refused with status ``code``."""
+    """Hop ``index`` (``hop`` = its name) of the chain refused with status ``code``.
 
-    def __init__(self, hop: str, index: int, code: int, detail: str = "") -> None:
+    ``unreached``: the hop refused nothing, the entry could not reach it (``code`` says how:
+    CONNECT_FAILED, CONNECT_TIMEOUT or RESOLVE_FAILED). ``service`` is what was asked of the
+    hop: ``"chain"`` (a chain-up) or ``"probe"`` (``probe_via_agent``); it only changes the
+    message. ``reason`` replaces the status code's own reason when the entry knows more.
+    """
+
+    def __init__(
+        self,
+        hop: str,
+        index: int,
+        code: int,
+        detail: str = "",
+        *,
+        reason: str | None = None,
+        unreached: bool = False,
+        service: str = "chain",
+    ) -> None:
         self.index = index
         self.code = code
-        reason = status_reason(code) + (f" ({detail})" if detail else "")
+        self.unreached = unreached
+        if reason is None:
+            reason = status_reason(code) + (f" ({detail})" if detail else "")
         super().__init__(hop, reason)
+        who = f"hop {hop}" if service == "chain" else f"agent {hop}"
+        if unreached:
+            self.args = (f"{who} {reason}",)
+        else:
+            self.args = (f"{who} refused the {service}: {reason}",)
+
+
+def _unreached(hop: HopLike, code: int, detail: str, service: str) -> ChainRefused:
+    """The entry (or a probe's caller) could not reach ``hop``: not a refusal by the hop."""
+    where = " from the entry" if service == "chain" else ""
+    if code == Status.RESOLVE_FAILED:
+        how = f"cannot resolve {hop.host}"
+    elif code == Status.CONNECT_TIMEOUT:
+        how = f"connect timed out ({detail})"
+    else:
+        how = f"connect failed ({detail})"
+    return ChainRefused(
+        hop.name,
+        0,
+        code,
+        reason=f"could not be reached{where}: {how}",
+        unreached=True,
+        service=service,
+    )
+
+
+def _onward_reason(
+    hops: Sequence[HopLike], target: tuple[str, int], depth: int, code: int
+) -> str | None:
+    """What hop ``depth`` could not do onward, naming the next hop (or the target) as the
+    entry knows it: the status reply carries only a code and a depth, but the entry built the
+    header, so it knows what each hop was asked to connect to. None: the code's own reason."""
+    if depth + 1 < len(hops):
+        nxt = hops[depth + 1]
+        what, name, host, port = "next hop", nxt.name, nxt.host, nxt.port
+        to = f"to {name} at {_hostport(host, port)}"
+    else:
+        what, name, (host, port) = "target", "the target", target
+        to = f"to the target {_hostport(host, port)}"
+    refuser = hops[depth].name
+    if code == Status.NOT_ALLOWED:
+        label = "target" if what == "target" else f"next hop {name}"
+        return f"{label} not allowed by {refuser}'s allowlist ({_hostport(host, port)})"
+    if code == Status.RESOLVE_FAILED:
+        of = "the target" if what == "target" else name
+        return f"onward name does not resolve ({host}, the host of {of})"
+    if code in (Status.CONNECT_FAILED, Status.CONNECT_TIMEOUT, Status.NEXT_HOP_PROTOCOL):
+        return f"{status_reason(code)} ({to})"
+    return None
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def check_chain(hops: Sequence[HopLike], target: tuple[str, int]) -> None:
+    """LocalProtocolError when no header can be built for ``hops`` to ``target`` (no hop, more
+    than MAX_HOPS hops, a host the wire cannot carry, an oversized header): such a chain would
+    fail every client, so the entry refuses it up front."""
+    build_chain([_spec(h) for h in hops], target)
 
 
 def _spec(hop: HopLike) -> HopSpec:
@@ -85,19 +163,17 @@ def _literal_family(host: str) -> int | None:
     return socket.AF_INET if literal.version == 4 else socket.AF_INET6
 
 
-async def _connect_first(hop: HopLike, timeout: float) -> socket.socket:
+async def _connect_first(hop: HopLike, timeout: float, service: str = "chain") -> socket.socket:
     af = _literal_family(hop.host)
     if af is not None:  # no resolver round trip (a thread-pool hop) for an address
         try:
             return await connect_address(af, hop.host, hop.port, timeout, eager=True)
         except WireError as exc:
-            raise ChainRefused(hop.name, 0, exc.code, f"from the entry: {exc.detail}") from exc
+            raise _unreached(hop, exc.code, exc.detail, service) from exc
     try:
         infos = await resolve(hop.host, hop.port)
     except OSError as exc:
-        raise ChainRefused(
-            hop.name, 0, Status.RESOLVE_FAILED, f"entry cannot resolve {hop.host}"
-        ) from exc
+        raise _unreached(hop, Status.RESOLVE_FAILED, "", service) from exc
     last: WireError | None = None
     for family, address in infos:
         try:
@@ -105,7 +181,7 @@ async def _connect_first(hop: HopLike, timeout: float) -> socket.socket:
         except WireError as exc:
             last = exc
     assert last is not None
-    raise ChainRefused(hop.name, 0, last.code, f"from the entry: {last.detail}") from last
+    raise _unreached(hop, last.code, last.detail, service) from last
 
 
 async def open_chain(
@@ -144,20 +220,17 @@ async def _open_chain(
     except TimeoutError:
         raise RelayError(f"chain {_names(hops)} did not come up within {timeout:g} s") from None
     except OSError as exc:
-        raise ChainRefused(hops[0].name, 0, Status.NEXT_HOP_PROTOCOL, str(exc)) from exc
+        raise _no_status(hops[0].name, "chain", exc) from exc
     if len(status) != STATUS_LEN:
         close_registered(sock, registered)
-        raise ChainRefused(hops[0].name, 0, Status.NEXT_HOP_PROTOCOL, "closed without a status")
+        raise _no_status(hops[0].name, "chain")
     code, depth = decode_status(status)
     if code != Status.OK:
         close_registered(sock, registered)
         if depth >= len(hops):
             raise RemoteProtocolError(f"refusal from hop {depth} of a {len(hops)}-hop chain")
-        onward = Status.CONNECT_FAILED, Status.CONNECT_TIMEOUT, Status.NEXT_HOP_PROTOCOL
-        detail = ""
-        if code in onward:
-            detail = f"to {hops[depth + 1].name}" if depth + 1 < len(hops) else "to the target"
-        raise ChainRefused(hops[depth].name, depth, code, detail)
+        reason = _onward_reason(hops, target, depth, code)
+        raise ChainRefused(hops[depth].name, depth, code, reason=reason)
     if depth != len(hops) - 1:
         close_registered(sock, registered)
         raise RemoteProtocolError(f"chain-up from depth {depth}, expected {len(hops) - 1}")
@@ -166,6 +239,18 @@ async def _open_chain(
 
 def _names(hops: Sequence[HopLike]) -> str:
     return ",".join(h.name for h in hops)
+
+
+def _no_status(hop: str, service: str, exc: OSError | None = None) -> ChainRefused:
+    """The first hop was reached but closed (or reset) the connection without a status."""
+    why = f" ({exc.strerror or exc})" if exc is not None else ""
+    return ChainRefused(
+        hop,
+        0,
+        Status.NEXT_HOP_PROTOCOL,
+        reason=f"closed the connection without a status{why}",
+        service=service,
+    )
 
 
 async def probe_via_agent(
@@ -179,13 +264,14 @@ async def probe_via_agent(
     """Ask ``node``'s agent to ping/TCP-probe ``targets``; its JSON results as a dict.
 
     ``{"results": [{"target", "address", "ping": {...} | null, "tcp": [{...}], "error"?}],
-    "measured_at": unix time}``. Raises ChainRefused when the agent refuses (rate limit, MAC...).
+    "measured_at": unix time}``. Raises ChainRefused when the agent refuses (rate limit, MAC...)
+    or cannot be reached (``.unreached``).
     """
     frame = build_probe(node.key, targets, ports, count)
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(timeout):
-            sock = await _connect_first(node, timeout)
+            sock = await _connect_first(node, timeout, "probe")
             try:
                 await loop.sock_sendall(sock, frame)
                 status = await recv_exact(sock, STATUS_LEN)
@@ -201,10 +287,10 @@ async def probe_via_agent(
     except TimeoutError:
         raise RelayError(f"probe via {node.name} timed out after {timeout:g} s") from None
     except OSError as exc:
-        raise ChainRefused(node.name, 0, Status.NEXT_HOP_PROTOCOL, str(exc)) from exc
+        raise _no_status(node.name, "probe", exc) from exc
     if len(status) != STATUS_LEN:
-        raise ChainRefused(node.name, 0, Status.NEXT_HOP_PROTOCOL, "closed without a status")
-    raise ChainRefused(node.name, 0, decode_status(status)[0])
+        raise _no_status(node.name, "probe")
+    raise ChainRefused(node.name, 0, decode_status(status)[0], service="probe")
 
 
 @dataclass(frozen=True)
@@ -350,4 +436,12 @@ def _reason_label(exc: RelayError) -> str:
     return "timeout" if "did not come up" in str(exc) else "protocol"
 
 
-__all__ = ["ChainFailure", "ChainRefused", "Entry", "HopLike", "open_chain", "probe_via_agent"]
+__all__ = [
+    "ChainFailure",
+    "ChainRefused",
+    "Entry",
+    "HopLike",
+    "check_chain",
+    "open_chain",
+    "probe_via_agent",
+]

@@ -139,7 +139,8 @@ def test_killed_agent_closes_both_ends_and_entry_keeps_serving(cluster: Cluster)
         assert s.recv(10) == b""
     assert entry.popen.poll() is None
     time.sleep(0.2)
-    assert "failed at hop a (#0): onward connect failed (to b)" in cluster.log("entry-a,b")
+    failed = f"failed at hop a (#0): onward connect failed (to b at 127.0.0.3:{b.port})"
+    assert failed in cluster.log("entry-a,b")
     # ... and once the agent is back, the same entry carries new connections again.
     cluster.agent("b", "127.0.0.3", "--allow", "127.0.0.1/32", port=b.port)
     c2 = Endpoint(socket.create_connection((entry.host, entry.port)), 1 << 20, seed=6).start()

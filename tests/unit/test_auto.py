@@ -389,7 +389,8 @@ async def test_measure_round_bounds_a_hanging_probe() -> None:
 @pytest.mark.parametrize(
     ("exc", "segment"),
     [
-        (ChainRefused("sh", 0, Status.CONNECT_FAILED, "from the entry: refused"), (SOURCE, "sh")),
+        (ChainRefused("sh", 0, Status.CONNECT_FAILED, unreached=True), (SOURCE, "sh")),
+        (ChainRefused("sh", 0, Status.CONNECT_TIMEOUT, unreached=True), (SOURCE, "sh")),
         (ChainRefused("sh", 0, Status.CONNECT_TIMEOUT), ("sh", "mx")),
         (ChainRefused("mx", 1, Status.CONNECT_FAILED), ("mx", "br")),
         (ChainRefused("mx", 1, Status.BAD_MAC), ("sh", "mx")),
@@ -400,7 +401,9 @@ async def test_measure_round_bounds_a_hanging_probe() -> None:
 def test_blame(exc: BaseException, segment: tuple[str, str] | None) -> None:
     reason, seg = blame(("sh", "mx"), "br", exc)
     assert seg == segment
-    assert reason
+    assert reason == str(exc)
+    if isinstance(exc, ChainRefused):  # an agent that is down refused nothing
+        assert ("refused the chain" in reason) != exc.unreached
 
 
 def test_blame_direct() -> None:
