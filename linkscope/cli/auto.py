@@ -33,37 +33,6 @@ DEFAULT_HYSTERESIS = 0.10
 DEFAULT_ROUNDS = 3
 
 
-def parse_listen(text: str, option: str = "--listen") -> tuple[str, int]:
-    """``HOST:PORT``, ``[V6]:PORT`` or ``:PORT`` (= 127.0.0.1:PORT); InputError otherwise."""
-    text = text.strip()
-    host, sep, port_text = text.rpartition(":")
-    if not sep:
-        raise InputError(f"{option} must be HOST:PORT or :PORT, not {text!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise InputError(f"{option}: put an IPv6 address in brackets, e.g. [::1]:2222")
-    if not host:
-        host = "127.0.0.1"
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise InputError(f"{option}: port {port_text!r} is not a number") from None
-    if not 0 <= port <= 65535:
-        raise InputError(f"{option}: port {port} is out of range")
-    return host, port
-
-
-def parse_target(text: str) -> tuple[str, int]:
-    """``--to HOST:PORT``: the host must be given, the port non-zero."""
-    host, port = parse_listen(text, "--to")
-    if not text.strip().rpartition(":")[0]:
-        raise InputError(f"--to must be HOST:PORT, not {text!r}")
-    if port == 0:
-        raise InputError("--to: port 0 is not a target port")
-    return host, port
-
-
 # -- the live prober (real packets) -------------------------------------------------------------
 class LiveProber:
     """Local pings with ``linkscope.probe.ping``; relay edges through each agent's probe service."""
@@ -243,10 +212,13 @@ def run_relay_auto(
     1 when nothing at all is reachable in a dry run. Raises InputError/ConfigError (exit 2) for
     bad arguments or files, before any packet is sent.
     """
+    # the parsers `relay --chain` and `agent` use (imported here: `plan` imports this module,
+    # and must not register the relay commands)
+    from linkscope.cli.relay import parse_hostport, parse_target
     from linkscope.inventory import load_inventory
     from linkscope.relay.auto import AutoConfig, AutoEntry, AutoRelay
 
-    host, port = parse_listen(listen)
+    host, port = parse_hostport(listen, "--listen")
     target_host, target_port = parse_target(to)
     inventory = load_inventory(nodes)
     cfg = AutoConfig(
@@ -264,8 +236,6 @@ def run_relay_auto(
         chain_timeout=chain_timeout,
     )
     cfg.check()
-    if chain_timeout <= 0:
-        raise InputError(f"--chain-timeout must be positive, not {chain_timeout}")
     _resolve_all(cfg)
 
     err = sys.stderr
@@ -319,15 +289,23 @@ def _run_loop(coro: Any) -> int:
 
 
 def _resolve_all(cfg: Any) -> None:
-    """Resolve the target and every relay once up front: a bad name is an input error (exit 2)."""
+    """Resolve the target and every relay once up front: a bad name is an input error (exit 2).
+    (--auto probes them all from here, so each must resolve here; ``check_host`` first, for
+    the same malformed-address message as `relay --chain`.)"""
+    from linkscope.cli.relay import check_host
     from linkscope.probe import resolve
 
-    resolve(cfg.target_host)
+    try:
+        resolve(cfg.target_host)
+    except LinkscopeError as exc:
+        raise InputError(f"--to: {exc}") from exc
     for node in cfg.nodes.nodes.values():
+        what = f"relay node {node.name}"
+        check_host(node.host, what)
         try:
             resolve(node.host)
         except LinkscopeError as exc:
-            raise InputError(f"relay node {node.name}: {exc}") from exc
+            raise InputError(f"{what}: {exc}") from exc
 
 
 async def _dry_run(relay: Any, json_output: bool, use_live: bool) -> int:
@@ -442,4 +420,4 @@ async def _serve(
 
 
 # -- stand-alone entry point ----------------------------------------------------------------------
-__all__ = ["LiveProber", "parse_listen", "parse_target", "run_relay_auto"]
+__all__ = ["LiveProber", "run_relay_auto"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
 from collections.abc import Callable, Coroutine
@@ -13,20 +14,27 @@ import typer
 
 from linkscope.cli.app import app
 from linkscope.cli.render import relay as render
-from linkscope.errors import ConfigError, InputError
+from linkscope.errors import ConfigError, InputError, LocalProtocolError, ResolveError
 
+DEFAULT_HOST = "127.0.0.1"
+"""The host of an address option given as ``:PORT``: loopback, never every interface."""
 PUMP_HELP = "Byte pump: splice (Linux, default) or buffered (BufferedProtocol, shared buffer)."
 
 
 def parse_hostport(text: str, option: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[V6]:PORT``; InputError naming the option otherwise."""
+    """``HOST:PORT``, ``[V6]:PORT`` or ``:PORT`` (= 127.0.0.1:PORT); InputError naming the
+    option otherwise. The one parser of every address option of `relay` (also ``--auto``) and
+    `agent`, so they all take the same forms."""
+    text = text.strip()
     host, sep, port_text = text.rpartition(":")
-    if not sep or not host:
-        raise InputError(f"{option} must be HOST:PORT, not {text!r}")
+    if not sep:
+        raise InputError(f"{option} must be HOST:PORT or :PORT, not {text!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     elif ":" in host:
         raise InputError(f"{option}: put an IPv6 address in brackets, e.g. [::1]:7070")
+    if not host:
+        host = DEFAULT_HOST
     try:
         port = int(port_text)
     except ValueError:
@@ -34,6 +42,40 @@ def parse_hostport(text: str, option: str) -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise InputError(f"{option}: port {port} is out of range")
     return host, port
+
+
+def parse_target(text: str, option: str = "--to") -> tuple[str, int]:
+    """``--to HOST:PORT``: the host must be given (a name, or a well-formed address), the port
+    non-zero."""
+    if not text.strip().rpartition(":")[0]:
+        raise InputError(f"{option} must be HOST:PORT, not {text!r}")
+    host, port = parse_hostport(text, option)
+    if port == 0:
+        raise InputError(f"{option}: port 0 is not a target port")
+    check_host(host, option)
+    return host, port
+
+
+def check_host(host: str, what: str) -> None:
+    """A host that looks like an address must be one, as `linkscope probe` decides
+    (``probe.resolve``: digits and dots, or a colon); InputError ``what: malformed address``.
+
+    A name is accepted without resolving it: in a chain each hop resolves the next hop's name
+    (the last one the target's), so the entry may not be able to, and need not."""
+    from linkscope.probe.resolve import looks_like_address, resolve
+
+    if not looks_like_address(host.strip().strip("[]")):
+        return
+    try:
+        resolve(host)  # a literal: checked, never looked up
+    except ResolveError as exc:
+        raise InputError(f"{what}: {exc}") from exc
+
+
+def _positive(value: float | None, option: str, unit: str = "seconds") -> None:
+    """None (off) or a positive, finite number; InputError naming the option otherwise."""
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise InputError(f"{option} must be a positive number of {unit}, not {value:g}")
 
 
 def _pump_mode(text: str) -> Any:
@@ -60,6 +102,29 @@ def _install_stop(stop: Callable[[], None]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
+
+
+#: `relay` options that only --auto uses (parameter name -> option). Every other option
+#: (--listen, --to, --nodes, --pump, --chain-timeout, --max-connections, --idle-timeout,
+#: --json) applies to both modes; --chain itself is the only --chain-only one.
+AUTO_ONLY = {
+    "optimize": "--optimize",
+    "interval": "--interval",
+    "hysteresis": "--hysteresis",
+    "rounds": "--rounds",
+    "dry_run": "--dry-run",
+    "db": "--db",
+    "max_hops": "--max-hops",
+    "probe_count": "--probe-count",
+    "loss_window": "--loss-window",
+}
+
+
+def _given(ctx: typer.Context, param: str) -> bool:
+    """Whether the user gave option ``param`` (on the command line or from the environment),
+    as opposed to its default."""
+    source = ctx.get_parameter_source(param)
+    return source is not None and source.name != "DEFAULT"
 
 
 def _bind_error(exc: OSError, listen: str) -> InputError:
@@ -119,6 +184,11 @@ def agent(
     from linkscope.wire import Allowlist
 
     host, port = parse_hostport(listen, "--listen")
+    if window <= 0 or not math.isfinite(window):
+        raise InputError(f"--window must be a positive number of seconds, not {window:g}")
+    _positive(idle_timeout, "--idle-timeout")
+    _positive(connect_timeout, "--connect-timeout")
+    _positive(probe_rate, "--probe-rate", "requests per second")
     key = read_key_file(key_file)
     warning = key_file_mode_warning(key_file)
     if warning:
@@ -128,8 +198,6 @@ def agent(
         hop_list = Allowlist.parse(allow_hop) if allow_hop else None
     except ValueError as exc:
         raise InputError(f"--allow: {exc}") from None
-    if window <= 0:
-        raise InputError("--window must be positive")
     mode = _pump_mode(pump_mode)
     metrics_addr = parse_hostport(metrics, "--metrics") if metrics else None
     policy = HopPolicy(
@@ -155,6 +223,11 @@ def agent(
                 raise _bind_error(exc, metrics or "") from exc
         _install_stop(server.stop)
         h, p = server.address
+        if not listen.strip().rpartition(":")[0]:
+            render.progress(
+                f"note: --listen {listen.strip()} is {h}:{p}, this machine only; "
+                f"give 0.0.0.0:{p} or [::]:{p} to accept relays from other machines"
+            )
         render.progress(
             f"agent listening on {h}:{p} (pump {mode}; targets allowed: {allow_list}; "
             f"next hops allowed: {allow_list if hop_list is None else hop_list})"
@@ -174,6 +247,7 @@ def agent(
 
 @app.command()
 def relay(
+    ctx: typer.Context,
     listen: str = typer.Option(..., "--listen", help="Local HOST:PORT clients connect to."),
     to: str = typer.Option(..., "--to", help="Final target HOST:PORT."),
     chain: str | None = typer.Option(None, "--chain", help="Relay nodes in order: a,b,..."),
@@ -201,13 +275,19 @@ def relay(
     """Accept local clients and carry each through a relay chain (--chain a,b) to --to, or let
     --auto probe, plan and switch chains."""
     from linkscope.inventory import load_inventory
-    from linkscope.relay.entry import ChainFailure, Entry
+    from linkscope.relay.entry import ChainFailure, Entry, check_chain
 
     if auto and chain:
         raise InputError("give --chain or --auto, not both")
+    if not auto:
+        given = [opt for param, opt in AUTO_ONLY.items() if _given(ctx, param)]
+        if given:
+            verb = "applies" if len(given) == 1 else "apply"
+            rest = ", not to --chain" if chain else ""
+            raise InputError(f"{', '.join(given)} {verb} only to --auto{rest}")
     mode = _pump_mode(pump_mode)
-    if idle_timeout is not None and not idle_timeout > 0:
-        raise InputError(f"--idle-timeout must be a positive number of seconds, not {idle_timeout}")
+    _positive(idle_timeout, "--idle-timeout")
+    _positive(chain_timeout, "--chain-timeout")
     if auto:
         from linkscope.cli.auto import run_relay_auto
 
@@ -236,14 +316,10 @@ def relay(
     if chain_timeout is None:
         chain_timeout = 10.0
     if not chain:
-        raise InputError("give --chain a,b (the relay nodes, in order)")
+        raise InputError("give --chain a,b (the relay nodes, in order) or --auto")
     host, port = parse_hostport(listen, "--listen")
-    target = parse_hostport(to, "--to")
-    if target[1] == 0:
-        raise InputError("--to: port 0 is not a target port")
+    target = parse_target(to)
     inventory = load_inventory(nodes)
-    for warning in inventory.warnings:
-        render.progress(f"warning: {warning}")
     names = [n.strip() for n in chain.split(",")]
     if any(not n for n in names):
         raise InputError(f"--chain: empty node name in {chain!r}")
@@ -253,6 +329,14 @@ def relay(
     if len(set(names)) != len(names):
         raise InputError("--chain: a node appears twice")
     hops = [inventory[n] for n in names]
+    for hop in hops:
+        check_host(hop.host, f"relay node {hop.name}")
+    try:
+        check_chain(hops, target)
+    except LocalProtocolError as exc:
+        raise InputError(f"--chain: {exc}") from exc
+    for warning in inventory.warnings:
+        render.progress(f"warning: {warning}")
     failures: list[dict[str, Any]] = []
 
     def on_failure(failure: ChainFailure) -> None:
@@ -297,4 +381,4 @@ def relay(
     _run(main)
 
 
-__all__ = ["agent", "keygen", "parse_hostport", "relay"]
+__all__ = ["agent", "check_host", "keygen", "parse_hostport", "parse_target", "relay"]

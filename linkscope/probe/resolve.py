@@ -9,7 +9,7 @@ import socket
 from linkscope.errors import ResolveError
 
 
-def _looks_like_address(host: str) -> bool:
+def looks_like_address(host: str) -> bool:
     """True for strings a user meant as a literal address (digits and dots, or colons)."""
     return ":" in host or all(c.isdigit() or c == "." for c in host)
 
@@ -28,7 +28,7 @@ def resolve(host: str, family: int | None = None) -> str:
         host = host[1:-1]
     if not host:
         raise ResolveError("empty target")
-    if _looks_like_address(host):
+    if looks_like_address(host):
         try:
             addr = ipaddress.ip_address(host.split("%", 1)[0])
         except ValueError:
@@ -55,7 +55,7 @@ def resolve(host: str, family: int | None = None) -> str:
 
 async def resolve_async(host: str, family: int | None = None) -> str:
     """``resolve`` without blocking the event loop on DNS (literal addresses need no thread)."""
-    if _looks_like_address(host.strip().strip("[]")):
+    if looks_like_address(host.strip().strip("[]")):
         return resolve(host, family)
     return await asyncio.get_running_loop().run_in_executor(None, resolve, host, family)
 
@@ -65,4 +65,4 @@ def family_of(address: str) -> int:
     return socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
 
 
-__all__ = ["family_of", "resolve", "resolve_async"]
+__all__ = ["family_of", "looks_like_address", "resolve", "resolve_async"]
