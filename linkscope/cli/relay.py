@@ -8,13 +8,16 @@ import os
 import signal
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from linkscope.cli.app import app
 from linkscope.cli.render import relay as render
 from linkscope.errors import ConfigError, InputError, LocalProtocolError, ResolveError
+
+if TYPE_CHECKING:
+    from linkscope.wire import Allowlist
 
 DEFAULT_HOST = "127.0.0.1"
 """The host of an address option given as ``:PORT``: loopback, never every interface."""
@@ -76,6 +79,16 @@ def _positive(value: float | None, option: str, unit: str = "seconds") -> None:
     """None (off) or a positive, finite number; InputError naming the option otherwise."""
     if value is not None and not (value > 0 and math.isfinite(value)):
         raise InputError(f"{option} must be a positive number of {unit}, not {value:g}")
+
+
+def _allowlist(entries: list[str], option: str) -> Allowlist:
+    """An allowlist option's entries; InputError naming that option for a bad one."""
+    from linkscope.wire import Allowlist
+
+    try:
+        return Allowlist.parse(entries)
+    except ValueError as exc:
+        raise InputError(f"{option}: {exc}") from None
 
 
 def _pump_mode(text: str) -> Any:
@@ -181,7 +194,6 @@ def agent(
     from linkscope.relay.agent import Agent, AgentConfig
     from linkscope.relay.hop import HopPolicy
     from linkscope.relay.metrics import RelayMetrics
-    from linkscope.wire import Allowlist
 
     host, port = parse_hostport(listen, "--listen")
     if window <= 0 or not math.isfinite(window):
@@ -193,11 +205,8 @@ def agent(
     warning = key_file_mode_warning(key_file)
     if warning:
         render.progress(f"warning: {warning}")
-    try:
-        allow_list = Allowlist.parse(allow)
-        hop_list = Allowlist.parse(allow_hop) if allow_hop else None
-    except ValueError as exc:
-        raise InputError(f"--allow: {exc}") from None
+    allow_list = _allowlist(allow, "--allow")
+    hop_list = _allowlist(allow_hop, "--allow-hop") if allow_hop else None
     mode = _pump_mode(pump_mode)
     metrics_addr = parse_hostport(metrics, "--metrics") if metrics else None
     policy = HopPolicy(

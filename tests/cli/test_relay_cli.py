@@ -55,7 +55,11 @@ def key(tmp_path: Path) -> Path:
     [
         (["--listen", "nonsense"], "--listen must be HOST:PORT"),
         (["--listen", "127.0.0.1:99999"], "out of range"),
-        (["--listen", "127.0.0.1:0", "--allow", "10.0.0.0/33"], "--allow"),
+        (["--listen", "127.0.0.1:0", "--allow", "10.0.0.0/33"], "error: --allow: bad network"),
+        (
+            ["--listen", "127.0.0.1:0", "--allow", "127.0.0.1/32", "--allow-hop", "10.0.0.0/33"],
+            "error: --allow-hop: bad network '10.0.0.0/33'",
+        ),
         (["--listen", "127.0.0.1:0", "--pump", "magic"], "--pump"),
         (["--listen", "127.0.0.1:0", "--window", "0"], "--window"),
         (["--listen", "192.0.2.1:7070"], "cannot listen"),
