@@ -29,6 +29,35 @@ ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 
 
+# -- event loops -------------------------------------------------------------------------------
+def _loop_factories() -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    factories: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+        "asyncio": asyncio.new_event_loop
+    }
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - installed on Linux
+        return factories
+    return {**factories, "uvloop": uvloop.new_event_loop}
+
+
+LOOP_FACTORIES = _loop_factories()
+"""The event loops the relay runs on: asyncio's, and uvloop (what the CLI's processes use)."""
+BOTH_LOOPS = pytest.mark.asyncio(loop_factories=list(LOOP_FACTORIES))
+"""Run an async test, with its async fixtures (``make_agent``, ``echo``), on each loop."""
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """pytest-asyncio's hook: the loops a test marked ``BOTH_LOOPS`` gets; any other async test
+    runs on asyncio's loop alone (one factory: its test id stays as it was)."""
+    marker = item.get_closest_marker("asyncio")
+    if marker is not None and "loop_factories" in marker.kwargs:
+        return LOOP_FACTORIES
+    return {"asyncio": asyncio.new_event_loop}
+
+
 @dataclass
 class EchoServer:
     """An asyncio echo server that counts the connections it accepted."""
@@ -202,17 +231,27 @@ class Cluster:
             time.sleep(0.02)
         return proc
 
-    def agent(self, name: str, host: str, *extra: str, port: int | None = None) -> Proc:
+    def agent(
+        self,
+        name: str,
+        host: str,
+        *extra: str,
+        port: int | None = None,
+        allow_hop: str | None = "127.0.0.0/8",
+    ) -> Proc:
+        """An agent process (its key file kept across restarts). By default the cluster's agents
+        may chain on to one another (all of them live on 127/8); ``allow_hop=None`` starts it
+        without ``--allow-hop``, so next hops are held to its ``--allow`` list."""
         key_file = self.tmp / f"{name}.key"
         if not key_file.exists():
             key_file.write_text(os.urandom(32).hex() + "\n")
             key_file.chmod(0o600)
         port = port or free_port(host)
         self.nodes[name] = (host, port, key_file)
-        # the cluster's agents may chain on to one another (all of them live on 127/8)
         argv = ["agent", "--listen", f"{host}:{port}", "--key-file", str(key_file)]
-        argv += ["--allow-hop", "127.0.0.0/8", *extra]
-        return self.spawn(argv, host, port, f"agent-{name}")
+        if allow_hop is not None:
+            argv += ["--allow-hop", allow_hop]
+        return self.spawn([*argv, *extra], host, port, f"agent-{name}")
 
     def entry(self, chain: str, to: tuple[str, int], *extra: str) -> Proc:
         port = free_port()

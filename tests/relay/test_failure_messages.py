@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
@@ -187,6 +188,70 @@ def test_relay_reversed_chain_names_the_refused_next_hop(cluster: Cluster, echo_
         f"(127.0.0.12:{sh_port}); client closed",
         e.port,
     )
+
+
+def test_without_allow_hop_next_hops_are_held_to_allow(
+    cluster: Cluster, echo_target: tuple[tuple[str, int], list[bytes]]
+) -> None:
+    """The agent's default next-hop policy, end to end: started with ``--allow`` for the target
+    only and no ``--allow-hop``, the first agent refuses to go on to the second one (not
+    allowed); restarted with ``--allow-hop`` covering it, the same chain carries bytes."""
+    target, served = echo_target
+    only_target = f"127.0.0.1/32:{target[1]}"
+    b = cluster.agent("b", "127.0.0.21", "--allow", only_target)
+    a = cluster.agent("a", "127.0.0.20", "--allow", only_target, allow_hop=None)
+    assert f"next hops allowed: {only_target}" in cluster.log("agent-a")
+    e = cluster.entry("a,b", target)
+    _client_and_wait(
+        cluster,
+        "entry-a,b",
+        f"chain a,b failed at hop a (#0): next hop b not allowed by a's allowlist "
+        f"(127.0.0.21:{b.port}); client closed",
+        e.port,
+    )
+    assert served == []  # the refused chain never reached the target
+
+    a.stop()
+    cluster.agent(
+        "a", "127.0.0.20", "--allow", only_target, allow_hop=f"127.0.0.21/32:{b.port}", port=a.port
+    )
+    with socket.create_connection(("127.0.0.1", e.port), timeout=10) as c:
+        c.settimeout(10)
+        c.sendall(b"through a and b")
+        c.shutdown(socket.SHUT_WR)
+        got = b""
+        while chunk := c.recv(65536):
+            got += chunk
+    assert got == b"through a and b" and served == [b"through a and b"]
+
+
+@pytest.fixture
+def echo_target() -> Iterator[tuple[tuple[str, int], list[bytes]]]:
+    """A target on 127.0.0.1 that echoes each connection until EOF, on a thread: its address,
+    and a list that gets what each connection sent."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    served: list[bytes] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # shut down at teardown
+                return
+            with conn:
+                got = b""
+                while chunk := conn.recv(65536):
+                    got += chunk
+                    conn.sendall(chunk)
+                served.append(got)
+
+    thread = threading.Thread(target=serve, name="echo-target", daemon=True)
+    thread.start()
+    host, port = listener.getsockname()[:2]
+    yield (str(host), int(port)), served
+    listener.shutdown(socket.SHUT_RDWR)  # wakes the accept()
+    thread.join(5)
+    listener.close()
 
 
 @pytest.fixture

@@ -1,7 +1,10 @@
 """The connection set-up path's reader registrations (each costs uvloop an epoll handle set up
 and torn down): an EOF queued behind the first bytes is taken without registering a reader, a
 reader left by ``recv_exact_registered`` is handed to the splice pump, and nothing is left
-registered on a socket afterwards. Run on both the asyncio and the uvloop event loop."""
+registered on a socket afterwards. Run on both the asyncio and the uvloop event loop.
+
+Leftover registrations are counted by ``_ReaderLedger``, not by ``loop.remove_reader``'s return
+value: uvloop's returns None whether or not it removed a reader."""
 
 from __future__ import annotations
 
@@ -17,21 +20,13 @@ from linkscope.relay.entry import open_chain
 from linkscope.relay.net import close_registered, recv_exact_registered
 from linkscope.relay.pump import HAS_SPLICE, start_splice
 
-from .conftest import AgentFactory, EchoServer
+from .conftest import BOTH_LOOPS, LOOP_FACTORIES, AgentFactory, EchoServer
 
 pytestmark = pytest.mark.skipif(not HAS_SPLICE, reason="splice pump needs Linux")
 
-
-def _loops() -> list[Callable[[], asyncio.AbstractEventLoop]]:
-    factories: list[Callable[[], asyncio.AbstractEventLoop]] = [asyncio.new_event_loop]
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - installed on Linux
-        return factories
-    return [*factories, uvloop.new_event_loop]
-
-
-LOOPS = pytest.mark.parametrize("loop_factory", _loops(), ids=lambda f: f.__module__)
+LOOPS = pytest.mark.parametrize(
+    "loop_factory", list(LOOP_FACTORIES.values()), ids=list(LOOP_FACTORIES)
+)
 
 
 def _run(
@@ -50,17 +45,49 @@ def _tcp_pair() -> tuple[socket.socket, socket.socket]:
     return near, far
 
 
-def _count_add_reader(loop: asyncio.AbstractEventLoop) -> Counter[int]:
-    """Counts ``loop.add_reader`` calls per fd (the pump looks the method up on the loop)."""
-    calls: Counter[int] = Counter()
-    real = loop.add_reader
+class _ReaderLedger:
+    """The reader registrations made through ``loop.add_reader``/``loop.remove_reader``, per fd
+    (the pump and ``net`` look both up on the loop; the loop's own ``sock_recv`` bypasses them).
 
-    def counting(fd: Any, callback: Callable[..., object], *args: Any) -> None:
-        calls[fd if isinstance(fd, int) else fd.fileno()] += 1
-        real(fd, callback, *args)
+    ``added`` counts new registrations, ``replaced`` an ``add_reader`` on an fd that already has
+    one (a callback swap, as ``take_reader`` does), ``removed`` removals of a registration; an
+    fd in ``registered`` still has one.
+    """
 
-    loop.add_reader = counting  # type: ignore[method-assign]
-    return calls
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.registered: set[int] = set()
+        self.added: Counter[int] = Counter()
+        self.replaced: Counter[int] = Counter()
+        self.removed: Counter[int] = Counter()
+        real_add, real_remove = loop.add_reader, loop.remove_reader
+
+        def add_reader(fd: Any, callback: Callable[..., object], *args: Any) -> None:
+            n = _fileno(fd)
+            if n in self.registered:
+                self.replaced[n] += 1
+            else:
+                self.registered.add(n)
+                self.added[n] += 1
+            real_add(fd, callback, *args)
+
+        def remove_reader(fd: Any) -> bool:
+            n = _fileno(fd)
+            if n in self.registered:
+                self.registered.discard(n)
+                self.removed[n] += 1
+            return bool(real_remove(fd))
+
+        loop.add_reader = add_reader  # type: ignore[method-assign]
+        loop.remove_reader = remove_reader  # type: ignore[method-assign]
+
+    def assert_balanced(self) -> None:
+        """Every registration made was removed again."""
+        assert not self.registered, f"readers left registered on fds {sorted(self.registered)}"
+        assert self.added == self.removed, (self.added, self.removed)
+
+
+def _fileno(fd: Any) -> int:
+    return fd if isinstance(fd, int) else int(fd.fileno())
 
 
 async def _read_to_eof(sock: socket.socket) -> bytes:
@@ -82,16 +109,17 @@ def test_eof_queued_behind_the_first_bytes_needs_no_reader(
         server.send(b"reply")
         server.shutdown(socket.SHUT_WR)  # the reply and the FIN are queued at b
         await asyncio.sleep(0.05)
-        calls = _count_add_reader(loop)
+        readers = _ReaderLedger(loop)
         b_fd = b.fileno()
         done = start_splice(a, b)
-        assert calls[b_fd] == 0  # the down leg ended at start, no registration
+        assert readers.added[b_fd] == 0  # the down leg ended at start, no registration
         assert await _read_to_eof(client) == b"reply"  # and the half-close went on
         client.send(b"request")
         client.shutdown(socket.SHUT_WR)
         assert await _read_to_eof(server) == b"request"
         stats = await done
         assert (stats.a_to_b, stats.b_to_a, stats.error) == (7, 5, None)
+        readers.assert_balanced()
         for s in (client, server):
             s.close()
 
@@ -104,6 +132,7 @@ def test_a_status_reader_is_handed_to_the_pump_and_removed(
 ) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
+        readers = _ReaderLedger(loop)
         client, a = _tcp_pair()
         b, server = _tcp_pair()
         loop.call_later(0.05, server.send, b"\0\0")  # the status arrives after a wait
@@ -120,10 +149,46 @@ def test_a_status_reader_is_handed_to_the_pump_and_removed(
         assert await _read_to_eof(client) == b""
         stats = await done
         assert (stats.a_to_b, stats.b_to_a, stats.error) == (1, 6, None)
-        assert not loop.remove_reader(b_fd)  # the pump removed the registration it took over
+        assert readers.added[b_fd] == 1  # the pump took the registration over, made none
+        readers.assert_balanced()  # and removed it
         for s in (client, server):
             s.close()
 
+    _run(loop_factory, main())
+
+
+@LOOPS
+def test_a_status_reader_is_handed_over_with_a_reply_and_the_fin_queued(
+    loop_factory: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    """The status, a short reply and the FIN arrive together (a one-shot server): the pump
+    starts with all of it queued and must still own, then remove, the reader it was given."""
+
+    def answer() -> None:
+        server.send(b"\0\0reply")
+        server.shutdown(socket.SHUT_WR)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        readers = _ReaderLedger(loop)
+        loop.call_later(0.05, answer)
+        status, registered = await recv_exact_registered(b, 2)
+        assert (status, registered) == (b"\0\0", True)
+        b_fd = b.fileno()
+        done = start_splice(a, b, b_registered=True)
+        assert await _read_to_eof(client) == b"reply"
+        client.send(b"request")
+        client.shutdown(socket.SHUT_WR)
+        assert await _read_to_eof(server) == b"request"
+        stats = await done
+        assert (stats.a_to_b, stats.b_to_a, stats.error) == (7, 5, None)
+        assert readers.added[b_fd] == 1
+        readers.assert_balanced()
+        for s in (client, server):
+            s.close()
+
+    client, a = _tcp_pair()
+    b, server = _tcp_pair()
     _run(loop_factory, main())
 
 
@@ -133,31 +198,44 @@ def test_registered_reader_is_removed_on_timeout_and_by_close_registered(
 ) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
+        readers = _ReaderLedger(loop)
         b, server = _tcp_pair()
         fd = b.fileno()
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.05):
                 await recv_exact_registered(b, 2)
-        assert not loop.remove_reader(fd)
+        assert readers.added[fd] == 1
+        readers.assert_balanced()
         loop.call_later(0.02, server.send, b"\x05\0")
         status, registered = await recv_exact_registered(b, 2)
         assert registered and status == b"\x05\0"
         close_registered(b, registered)
-        assert not loop.remove_reader(fd) and b.fileno() == -1
+        assert readers.added[fd] == 2 and b.fileno() == -1
+        readers.assert_balanced()
         server.close()
 
     _run(loop_factory, main())
 
 
+@BOTH_LOOPS
 async def test_open_chain_returns_a_socket_without_a_reader(
     make_agent: AgentFactory, echo: EchoServer
 ) -> None:
     """The public API keeps its contract: the caller gets a plain socket (the entry alone
-    takes the registered fast path)."""
+    takes the registered fast path); the agents' pumps remove their readers once it closes."""
     chain = [(await make_agent())[1] for _ in range(2)]
-    sock = await open_chain(chain, echo.address, timeout=5)
     loop = asyncio.get_running_loop()
-    assert not loop.remove_reader(sock.fileno())
+    await asyncio.sleep(0)  # the agents' tasks start: their listeners' readers are not counted
+    readers = _ReaderLedger(loop)
+    sock = await open_chain(chain, echo.address, timeout=5)
+    assert sock.fileno() not in readers.registered
     await loop.sock_sendall(sock, b"ping")
     assert await loop.sock_recv(sock, 4) == b"ping"
+    sock.shutdown(socket.SHUT_WR)
+    assert await _read_to_eof(sock) == b""
     sock.close()
+    async with asyncio.timeout(5):
+        while readers.registered:  # the agents finish their side of the connection
+            await asyncio.sleep(0.01)
+    assert sum(readers.added.values()) > 0  # the agents' pumps did register readers
+    readers.assert_balanced()
