@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from linkscope.errors import LinkscopeError
+from linkscope.errors import ExitStatus, LinkscopeError
 
 PY = sys.executable
 OUT = Path(os.environ.get("LINKSCOPE_DEMO_DIR", "demo-output"))
@@ -272,7 +272,15 @@ def loopback_demo(work: Path, why: str) -> None:
         raise LinkscopeError("probe of 127.0.0.1 failed")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in ("-h", "--help"):  # --help must not build a lab
+        first = (__doc__ or "").strip().splitlines()[0]
+        print(f"usage: python -m linkscope.demo   (no options)\n{first}")
+        return 0
+    if args:
+        print(f"linkscope demo: error: it takes no arguments, not {args[0]!r}", file=sys.stderr)
+        return int(ExitStatus.USAGE)
     work = Path(tempfile.mkdtemp(prefix="linkscope-demo-"))
     try:
         if os.geteuid() != 0:

@@ -84,3 +84,14 @@ def test_help_lists_every_command_and_a_typo_gets_a_suggestion() -> None:
     typo = subprocess.run([*cli, "trac", "127.0.0.1"], capture_output=True, text=True, timeout=60)
     assert typo.returncode == 2
     assert typo.stderr.strip() == "linkscope: error: No such command 'trac'. Did you mean 'trace'?"
+
+
+def test_demo_help_builds_no_lab() -> None:
+    """`python -m linkscope.demo --help` printed nothing of the kind and built the whole lab."""
+    demo = [sys.executable, "-m", "linkscope.demo"]
+    shown = subprocess.run([*demo, "--help"], capture_output=True, text=True, timeout=30)
+    assert shown.returncode == 0 and shown.stdout.startswith("usage: python -m linkscope.demo")
+    assert "lab up" not in shown.stdout
+    bad = subprocess.run([*demo, "--bogus"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.strip() == "linkscope demo: error: it takes no arguments, not '--bogus'"
