@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import signal
 import socket
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ import typer
 
 from linkscope.cli.app import app
 from linkscope.cli.plot import PLOT_OPTION, check_plot_path, write_plot
-from linkscope.errors import ExitStatus, InputError, LinkscopeError
+from linkscope.errors import ConfigError, ExitStatus, InputError, LinkscopeError
 
 _err_console: Any = None
 
@@ -28,22 +30,63 @@ def _stderr() -> Any:
     return _err_console
 
 
-def read_targets(targets: Sequence[str], file: Path | None) -> list[str]:
-    """Targets from the command line, then from ``file`` (one per line, ``#`` comments)."""
-    out = [t for t in targets if t.strip()]
+@dataclass(frozen=True)
+class TargetArg:
+    """A target as the user wrote it, and where: the ``path`` and ``line`` of its --file line
+    (``<stdin>`` for ``-``), or None for a command-line argument."""
+
+    text: str
+    path: str | None = None
+    line: int | None = None
+
+    def located(self, exc: InputError) -> InputError:
+        """``exc`` about this target, prefixed with ``path:line:`` when it came from a file."""
+        return exc if self.path is None else ConfigError(str(exc), self.path, self.line)
+
+
+def read_targets(targets: Sequence[str], file: Path | None) -> list[TargetArg]:
+    """Targets from the command line, then from ``file`` (one or more per line; blank lines
+    and ``#`` comments ignored), in order, repeats included (see :func:`unique_targets`)."""
+    out = [TargetArg(t.strip()) for t in targets if t.strip()]
     if file is not None:
         try:
             text = file.read_text() if str(file) != "-" else sys.stdin.read()
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise InputError(f"cannot read targets file {file}: {reason}") from exc
-        for line in text.splitlines():
-            line = line.split("#", 1)[0].strip()
-            if line:
-                out.extend(line.split())
+        where = "<stdin>" if str(file) == "-" else str(file)
+        for number, line in enumerate(text.removeprefix("\ufeff").splitlines(), start=1):
+            out.extend(TargetArg(t, where, number) for t in line.split("#", 1)[0].split())
     if not out:
         raise InputError("no target given (name targets or use --file)")
-    return list(dict.fromkeys(out))
+    return out
+
+
+def _same_target(text: str) -> str:
+    """What every spelling of one target shares: the address a literal spells (``[::1]`` and
+    ``0:0:0:0:0:0:0:1`` are ``::1``; a scope is kept), a name in lower case, no root dot."""
+    host = text.strip("[]")
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host.lower().rstrip(".")
+
+
+def unique_targets(targets: Sequence[TargetArg]) -> tuple[list[TargetArg], list[str]]:
+    """``targets`` without repeats (the first spelling is kept, in order), and one note per
+    repeated target for stderr: probing one target twice measures nothing more."""
+    groups: dict[str, list[TargetArg]] = {}
+    for target in targets:
+        groups.setdefault(_same_target(target.text), []).append(target)
+    notes: list[str] = []
+    for same in groups.values():
+        if len(same) > 1:
+            first = same[0].text
+            times = "twice" if len(same) == 2 else f"{len(same)} times"
+            others = list(dict.fromkeys(t.text for t in same[1:] if t.text != first))
+            also = f" (also as {', '.join(others)})" if others else ""
+            notes.append(f"{first} given {times}{also}; probed once")
+    return [same[0] for same in groups.values()], notes
 
 
 def address_family(ipv4: bool, ipv6: bool) -> int | None:
@@ -170,7 +213,8 @@ def probe(
     from linkscope.probe.target import check_probe_args, probe_target
     from linkscope.store import Store
 
-    names = read_targets(targets or [], file)
+    wanted, repeats = unique_targets(read_targets(targets or [], file))
+    names = [t.text for t in wanted]
     family = address_family(ipv4, ipv6)
     check_plot_path(plot)
     # what probe_target takes besides the target: checked once, before any packet goes out
@@ -199,8 +243,20 @@ def probe(
         from linkscope.cli.render import probe as render
 
     async def main(stop: asyncio.Event) -> list[Any]:
-        # every name must resolve before any packet goes out: bad input is exit 2, up front
-        addresses = await asyncio.gather(*(resolve_async(n, family) for n in names))
+        # every name must resolve before any packet goes out: bad input is exit 2, up front,
+        # the first bad target in input order, with its file and line when it has them
+        found = await asyncio.gather(
+            *(resolve_async(n, family) for n in names), return_exceptions=True
+        )
+        addresses: list[str] = []
+        for target, got in zip(wanted, found, strict=True):
+            if isinstance(got, InputError):
+                raise target.located(got) from got
+            if isinstance(got, BaseException):
+                raise got
+            addresses.append(got)
+        for note in repeats:  # stderr even with --json: stdout holds the document only
+            print(f"linkscope: note: {note}", file=sys.stderr)
         results: dict[int, Any] = {}
         sem = asyncio.Semaphore(concurrency)
         bar: Any = None  # (progress, task) once the bar exists
@@ -403,4 +459,4 @@ def trace_cmd(
         raise typer.Exit(ExitStatus.FAILED)
 
 
-__all__ = ["address_family", "probe", "read_targets", "trace_cmd"]
+__all__ = ["TargetArg", "address_family", "probe", "read_targets", "trace_cmd", "unique_targets"]

@@ -61,7 +61,7 @@ def parse_target(text: str, option: str = "--to") -> tuple[str, int]:
 
 def check_host(host: str, what: str) -> None:
     """A host that looks like an address must be one, as `linkscope probe` decides
-    (``probe.resolve``: digits and dots, or a colon); InputError ``what: malformed address``.
+    (``probe.resolve``: a numeric last label, or a colon); InputError ``what: malformed address``.
 
     A name is accepted without resolving it: in a chain each hop resolves the next hop's name
     (the last one the target's), so the entry may not be able to, and need not."""

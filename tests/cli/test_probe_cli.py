@@ -159,6 +159,18 @@ def test_trace_command(tmp_path: Path, protocol: str) -> None:
         (["probe"], "no target"),
         (["trace", "127.0.0.1", "--max-ttl", "0"], "--max-ttl"),
         (["trace", "1.2.3"], "malformed address"),
+        # one rule for every numeric form but the dotted quad (0x7f.1 was probed as 127.0.0.1)
+        (["probe", "127.1"], "malformed address: '127.1': 2 parts, not 4"),
+        (["trace", "127.1"], "malformed address: '127.1': 2 parts, not 4"),
+        (["probe", "0x7f.1"], "malformed address: '0x7f.1': hex part '0x7f'"),
+        (["trace", "0x7f.1"], "malformed address: '0x7f.1': hex part '0x7f'"),
+        (["probe", "0177.0.0.1"], "malformed address: '0177.0.0.1': leading zero in '0177'"),
+        (["trace", "0177.0.0.1"], "malformed address: '0177.0.0.1': leading zero in '0177'"),
+        (["probe", "2130706433"], "malformed address: '2130706433': 1 part, not 4"),
+        (["trace", "2130706433"], "malformed address: '2130706433': 1 part, not 4"),
+        # an unknown scope is a typo (was: exit 1, probes sent without the scope)
+        (["probe", "fe80::1%nosuch"], "unknown interface scope 'nosuch' in 'fe80::1%nosuch'"),
+        (["trace", "fe80::1%nosuch"], "unknown interface scope 'nosuch' in 'fe80::1%nosuch'"),
         (["history", "--since", "yesterday"], "--since"),
         # hidden testing flags: checked before any probe starts, not inside the TaskGroup
         (["probe", "127.0.0.1", "-p", "22", "--tcp-method", "bogus"], "unknown TCP method"),
@@ -171,6 +183,51 @@ def test_trace_command(tmp_path: Path, protocol: str) -> None:
 def test_bad_input_exits_2_with_one_line(tmp_path: Path, args: list[str], words: str) -> None:
     line = one_line_error(run(args, tmp_path), 2)
     assert words in line
+
+
+def test_a_bad_line_of_the_targets_file_is_named(tmp_path: Path) -> None:
+    targets = tmp_path / "targets.txt"
+    targets.write_text("# lab targets\n127.0.0.1\n\n0x7f.1  # a typo\n")
+    line = one_line_error(run(["probe", "--file", str(targets)], tmp_path), 2)
+    assert line.startswith(f"linkscope: error: {targets}:4: malformed address: '0x7f.1'"), line
+
+
+@pytest.mark.root
+def test_an_unresolvable_name_in_the_targets_file_is_named(tmp_path: Path) -> None:
+    targets = tmp_path / "targets.txt"
+    targets.write_text("127.0.0.1\n# c\nno-such-host.invalid\n")
+    proc = run(["probe", "-f", str(targets)], tmp_path, netns="true")
+    assert f"{targets}:3: cannot resolve 'no-such-host.invalid'" in one_line_error(proc, 2)
+
+
+@pytest.mark.root
+def test_a_known_interface_scope_is_accepted(tmp_path: Path) -> None:
+    proc = run(["probe", "::1%lo", "-c", "1", "--no-trace", "--json"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (doc(proc)["target"], doc(proc)["address"]) == ("::1%lo", "::1")
+    proc = run(["trace", "::1%lo", "-n", "--json"], tmp_path)
+    assert proc.returncode == 0 and doc(proc)["reached"], proc.stderr
+
+
+@pytest.mark.root
+def test_repeated_targets_are_probed_once_with_a_note_on_stderr(tmp_path: Path) -> None:
+    targets = tmp_path / "targets.txt"
+    targets.write_text("127.0.0.1\n::1\n\n127.0.0.1  # again\n")
+    args = ["probe", "127.0.0.1", "127.0.0.1", "-c", "1", "--no-trace", "-n", "--json"]
+    once = run(args, tmp_path)
+    assert once.returncode == 0, once.stderr
+    assert doc(once)["target"] == "127.0.0.1"  # one target left: one document, not a list
+    assert once.stderr.splitlines() == ["linkscope: note: 127.0.0.1 given twice; probed once"]
+    mixed = run([*args, "[::1]", "--file", str(targets)], tmp_path)
+    assert mixed.returncode == 0, mixed.stderr
+    assert [r["target"] for r in doc(mixed)] == ["127.0.0.1", "[::1]"]
+    assert mixed.stderr.splitlines() == [
+        "linkscope: note: 127.0.0.1 given 4 times; probed once",
+        "linkscope: note: [::1] given twice (also as ::1); probed once",
+    ]
+    rich = run(args[:-1], tmp_path)
+    assert rich.returncode == 0 and "given twice; probed once" in rich.stderr
+    assert "given twice" not in rich.stdout
 
 
 @pytest.mark.root
