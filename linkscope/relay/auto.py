@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import statistics
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -53,6 +54,8 @@ from linkscope.relay.decide import (
     segments,
 )
 from linkscope.wire import MAX_HOPS
+
+log = logging.getLogger("linkscope.relay.auto")
 
 AGENT_SLACK_S = 8.0
 """How much longer than a local probe an agent's request may take: the request crosses the path
@@ -885,6 +888,9 @@ RACE_FACTOR = 3.0
 RACE_MIN_S = 0.25
 RACE_UNKNOWN_S = 1.0
 """The race delay when the chain's segments are not all measured yet."""
+MAX_DETACHED = 64
+"""How many losing chain-up attempts may run on after their clients (``AutoEntry``): each holds a
+socket for at most the chain-up timeout, and a handful on one chain already carry its news."""
 
 
 class AutoEntry:
@@ -901,10 +907,16 @@ class AutoEntry:
       the new current chain.
 
     So a dead or stalled hop costs a client the stagger, not the chain-up timeout, whatever the
-    probe interval. An attempt on the current chain that loses the race runs on to its own end
-    inside the client's task group, so that its failure still reaches the decider (a late success
-    is closed); attempts on chains the relay has failed over away from are cancelled. Open
-    connections keep the chain they started on.
+    probe interval. An attempt on the current chain that loses the race runs on to its own end,
+    so that its failure still reaches the decider (a late success is closed); attempts on chains
+    the relay has failed over away from are cancelled. Open connections keep the chain they
+    started on.
+
+    The attempts run in ``serve()``'s task group, not the client's: a client's handler, and its
+    ``max_connections`` slot, end with its own connection, while the losing attempts it leaves
+    on the current chain run on *detached*, at most ``max_detached`` of them (beyond that, those
+    on chains the relay has left, then the newest, are cancelled: ``_detach``). ``serve()``
+    cancels those left when it returns.
     """
 
     def __init__(
@@ -918,6 +930,7 @@ class AutoEntry:
         mode: PumpMode | None = None,
         max_connections: int = 8000,
         idle_timeout: float | None = None,
+        max_detached: int = MAX_DETACHED,
     ) -> None:
         from linkscope.relay.net import Listener, bind_listener
         from linkscope.relay.pump import DEFAULT_MODE
@@ -925,6 +938,10 @@ class AutoEntry:
         self.relay = relay
         self.grace = grace
         self.retries = retries
+        self.max_detached = max_detached
+        self._attempts: asyncio.TaskGroup | None = None  # serve()'s, while it runs
+        # losing attempts on the current chain whose clients have moved on (oldest first)
+        self._detached: dict[asyncio.Task[None], Chain] = {}
         self.mode: PumpMode = DEFAULT_MODE if mode is None else mode
         self.idle_timeout = idle_timeout
         try:
@@ -938,8 +955,57 @@ class AutoEntry:
     def address(self) -> tuple[str, int]:
         return self._listener.address
 
+    @property
+    def active(self) -> int:
+        """Clients holding a ``max_connections`` slot."""
+        return self._listener.active
+
+    @property
+    def detached(self) -> int:
+        """Chain-up attempts running on after their clients (see ``AutoEntry``)."""
+        return len(self._detached)
+
     async def serve(self) -> None:
-        await self._listener.serve(self._handle, grace=self.grace)
+        """Accept until ``stop()``, drain for ``grace``; then cancel the detached attempts."""
+        async with asyncio.TaskGroup() as tg:
+            self._attempts = tg
+            try:
+                await self._listener.serve(self._handle, grace=self.grace)
+            finally:
+                self._attempts = None
+                for task in list(self._detached):
+                    task.cancel()
+                self._detached.clear()
+
+    def _start_attempt(self, attempt: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """Run one chain-up attempt in ``serve()``'s task group."""
+        if self._attempts is None:
+            attempt.close()
+            raise RuntimeError("chain-up attempts run only while AutoEntry.serve() runs")
+        return self._attempts.create_task(_logged(attempt, name), name=name)
+
+    def _detach(self, task: asyncio.Task[None], chain: Chain) -> None:
+        """Let ``task``, a losing attempt on the current chain, run on after its client."""
+        self._detached[task] = chain
+        task.add_done_callback(self._forget)
+        if len(self._detached) <= self.max_detached:
+            return
+        # Over the cap: first those on chains the relay has left since they started (they have
+        # nothing left to tell it, as in ``_ChainUp.run``), then the newest, i.e. this one. Not
+        # the oldest: detached attempts on one chain all carry the same news and the oldest
+        # brings it first; under a steady burst of clients, cancelling the oldest would cancel,
+        # again and again, the very attempts about to report, and the decider might never hear
+        # of the stall.
+        for old, old_chain in list(self._detached.items()):
+            if old_chain != self.relay.current:
+                old.cancel()
+                del self._detached[old]
+        if len(self._detached) > self.max_detached:
+            task.cancel()
+            del self._detached[task]
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._detached.pop(task, None)
 
     def stop(self) -> None:
         self._listener.stop()
@@ -977,28 +1043,37 @@ class AutoEntry:
 
         relay = self.relay
         relay.connections_total += 1
-        async with asyncio.TaskGroup() as tg:  # the losing attempts run to their end in here
-            up = await _ChainUp(self, tg).run()
-            if up is None:
-                with contextlib.suppress(OSError):
-                    client.shutdown(_socket.SHUT_RDWR)
-                client.close()
-                return
-            relay.connections_open += 1
-            try:
-                await pump(client, up[1], mode=self.mode, idle_timeout=self.idle_timeout)
-            finally:
-                relay.connections_open -= 1
+        # the race's losing attempts on the current chain run on in serve()'s task group
+        up = await _ChainUp(self, relay.connections_total).run()
+        if up is None:
+            with contextlib.suppress(OSError):
+                client.shutdown(_socket.SHUT_RDWR)
+            client.close()
+            return
+        relay.connections_open += 1
+        try:
+            await pump(client, up[1], mode=self.mode, idle_timeout=self.idle_timeout)
+        finally:
+            relay.connections_open -= 1
+
+
+async def _logged(attempt: Coroutine[Any, Any, None], name: str) -> None:
+    """Await ``attempt``; an unexpected error (a status callback that raised, say) is logged, so
+    it cannot end ``serve()``'s task group, and every client with it."""
+    try:
+        await attempt
+    except Exception:
+        log.exception("auto-entry: %s failed", name)
 
 
 class _ChainUp:
-    """One client's chain-up race (see ``AutoEntry``): the attempts, in ``tg``, and the first
-    chain to come up (``won``)."""
+    """One client's chain-up race (see ``AutoEntry``): the attempts, in the entry's task group,
+    and the first chain to come up (``won``). ``client`` numbers the attempts' task names."""
 
-    def __init__(self, entry: AutoEntry, tg: asyncio.TaskGroup) -> None:
+    def __init__(self, entry: AutoEntry, client: int) -> None:
         self.entry = entry
         self.relay = entry.relay
-        self.tg = tg
+        self.client = client
         self.won: asyncio.Future[tuple[Chain, Any]] = asyncio.get_running_loop().create_future()
         self.tried: list[Chain] = []
         self.attempts: list[asyncio.Task[None]] = []
@@ -1006,12 +1081,13 @@ class _ChainUp:
 
     def start(self, chain: Chain) -> None:
         self.tried.append(chain)
-        name = f"auto-chain-up-{chain_label(chain)}"
-        self.attempts.append(self.tg.create_task(self._attempt(chain), name=name))
+        name = f"auto-chain-up-{self.client}-{chain_label(chain)}"
+        self.attempts.append(self.entry._start_attempt(self._attempt(chain), name))
 
     async def _attempt(self, chain: Chain) -> None:
         """One chain-up. The first to succeed hands its socket to the client; a later success
-        is closed. A failure goes to the decider, which fails over at once."""
+        is closed (also once the client has gone). A failure goes to the decider, which fails
+        over at once."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
@@ -1020,11 +1096,12 @@ class _ChainUp:
             reason, seg = blame(chain, self.relay.cfg.target_name, exc)
             self.relay.chain_failed(chain, f"chain-up failed: {reason}", seg)
             return
-        self.relay.chain_up(chain, (loop.time() - started) * 1000.0)
+        setup_ms = (loop.time() - started) * 1000.0
         if self.won.done():
             sock.close()
         else:
             self.won.set_result((chain, sock))
+        self.relay.chain_up(chain, setup_ms)  # after the socket has its owner: no leak if it raises
 
     async def run(self) -> tuple[Chain, Any] | None:
         """The chain and socket the client gets; None when every chain tried failed."""
@@ -1033,14 +1110,19 @@ class _ChainUp:
         self.start(first)
         try:
             await self._wait(first, self.entry._stagger(first))
-        except BaseException:
+        except BaseException:  # the client's handler is cancelled (the entry stops): all go
+            for task in self.attempts:
+                task.cancel()
             if self.won.done():  # cancelled just as a chain came up: nobody will use it
                 self.won.result()[1].close()
             raise
-        # attempts on chains the relay has failed over away from have nothing left to tell it
         for chain, task in zip(self.tried, self.attempts, strict=True):
-            if chain != relay.current and not task.done():
-                task.cancel()
+            if task.done():
+                continue
+            if chain != relay.current:
+                task.cancel()  # a chain the relay has left: nothing left to tell it
+            else:
+                self.entry._detach(task, chain)  # runs on to its end, whatever the client does
         return self.won.result() if self.won.done() else None
 
     async def _wait(self, first: Chain, stagger: float) -> None:

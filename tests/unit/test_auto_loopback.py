@@ -584,24 +584,46 @@ def _black_hole_relay(
 ) -> AutoRelay:
     """A relay whose only relay node "bh" accepts connections and never answers, chosen by the
     scripted round ``rtts`` (direct, local→bh, bh→target, in ms) under the latency model."""
-    from linkscope.inventory import Inventory
-    from linkscope.relay.auto import SOURCE, RoundSamples
+    from linkscope.relay.auto import SOURCE
 
-    key = tmp_path / "bh.key"
-    key.write_text(os.urandom(32).hex() + "\n")
     port = int(hole.getsockname()[1])
-    inv = Inventory(tmp_path, {"bh": Node("bh", "127.0.0.4", port, key, bytes(32))})
+    samples = {
+        (SOURCE, "127.0.0.1"): rtts["direct"],
+        (SOURCE, "bh"): rtts["local_bh"],
+        ("bh", "127.0.0.1"): rtts["bh_target"],
+    }
+    relay = _scripted_relay(tmp_path, {"bh": ("127.0.0.4", port)}, echo, samples, timeout)
+    assert relay.current == ("bh",)
+    return relay
+
+
+def _scripted_relay(
+    tmp_path: Path,
+    hops: Mapping[str, tuple[str, int]],
+    echo: EchoServer,
+    rtts: Mapping[tuple[str, str], float],
+    timeout: float,
+) -> AutoRelay:
+    """A relay over the relay nodes ``hops`` (name -> address), its first round scripted as
+    ``rtts`` (segment -> ms), under the latency model; the target is ``echo``."""
+    from linkscope.inventory import Inventory
+    from linkscope.relay.auto import RoundSamples
+
+    nodes = {}
+    for name, (host, port) in hops.items():
+        key = tmp_path / f"{name}.key"
+        key.write_text(os.urandom(32).hex() + "\n")
+        nodes[name] = Node(name, host, port, key, bytes(32))
     cfg = AutoConfig(
-        "127.0.0.1", echo.port, "127.0.0.1", inv, chain_timeout=timeout, model="latency"
+        "127.0.0.1",
+        echo.port,
+        "127.0.0.1",
+        Inventory(tmp_path, nodes),
+        chain_timeout=timeout,
+        model="latency",
     )
     relay = AutoRelay(cfg, prober=None)  # type: ignore[arg-type]
-    samples = {
-        (SOURCE, "127.0.0.1"): [rtts["direct"]] * 2,
-        (SOURCE, "bh"): [rtts["local_bh"]] * 2,
-        ("bh", "127.0.0.1"): [rtts["bh_target"]] * 2,
-    }
-    relay.feed(RoundSamples(samples, {}, 0.1))
-    assert relay.current == ("bh",)
+    relay.feed(RoundSamples({seg: [ms] * 2 for seg, ms in rtts.items()}, {}, 0.1))
     return relay
 
 
@@ -725,3 +747,240 @@ async def test_agent_and_entry_errors_surface_as_status_events(
         assert relay2.status().current == ()  # failed over to direct
     finally:
         agents.close()
+
+
+# -- losing chain-up attempts outlive their clients, not their clients' slots ----------------------
+def _open_sockets() -> int:
+    """This process's open socket descriptors."""
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile (listdir's own descriptor)
+            n += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+    return n
+
+
+async def _settle(want: int, timeout: float = 5.0) -> int:
+    """This process's open sockets once they are down to ``want`` (or after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while (n := _open_sockets()) != want and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    return n
+
+
+async def _served(port: int, payload: bytes = b"hello") -> bytes:
+    """``roundtrip``; b"" when the entry closed the connection at once (over its limit)."""
+    try:
+        return await roundtrip(port, payload, timeout=10)
+    except OSError:
+        return b""
+
+
+def _attempt_tasks() -> set[str]:
+    return {n for t in asyncio.all_tasks() if (n := t.get_name()).startswith("auto-chain-up-")}
+
+
+STALL = {"direct": 50.0, "local_bh": 1.0, "bh_target": 1.0}
+"""bh is chosen (2 ms against 50) and predicted up in 3 ms: the race starts after RACE_MIN_S."""
+
+
+async def test_finished_clients_free_their_slots_while_a_losing_attempt_runs_on(
+    tmp_path: Path, echo: EchoServer
+) -> None:
+    """With two slots and a current chain that stalls (its attempts last the 3 s chain-up
+    timeout) while the direct path wins every race: burst after burst of two short clients is
+    served at once, each within the stagger, none refused; the stalled attempts run on,
+    detached, holding no slot."""
+    hole = socket.create_server(("127.0.0.4", 0))  # accepts, never answers: a black hole
+    try:
+        relay = _black_hole_relay(tmp_path, hole, echo, STALL, timeout=3.0)
+        entry = AutoEntry(relay, "127.0.0.1", 0, max_connections=2)
+        serving = asyncio.create_task(entry.serve(), name="test-auto-entry")
+        try:
+            t0 = time.monotonic()
+            for burst in range(3):
+                t = time.monotonic()
+                got = await asyncio.gather(*(_served(entry.address[1]) for _ in range(2)))
+                took = time.monotonic() - t
+                assert got == [b"hello", b"hello"], (burst, round(time.monotonic() - t0, 2))
+                assert took < 1.5, (burst, took)  # the stagger, not the 3 s chain-up timeout
+                await asyncio.sleep(0.05)
+            assert time.monotonic() - t0 < 3.0  # all of it inside the stalled attempts' lives
+            assert relay.races == 6 and relay.chain_failures == 0 and relay.current == ("bh",)
+            assert entry.active == 0 and entry.detached == 6
+        finally:
+            entry.stop()
+            await asyncio.wait_for(serving, 10)
+    finally:
+        hole.close()
+
+
+async def test_a_detached_attempts_failure_still_reaches_the_decider(
+    tmp_path: Path, echo: EchoServer
+) -> None:
+    """The client whose chain-up stalled is served (direct, by the race) and gone, its one slot
+    free for the next client at once; the stalled attempt still times out and tells the
+    decider, which fails over, while no client holds a slot."""
+    hole = socket.create_server(("127.0.0.4", 0))
+    try:
+        relay = _black_hole_relay(tmp_path, hole, echo, STALL, timeout=3.0)
+        entry = AutoEntry(relay, "127.0.0.1", 0, max_connections=1)
+        failed: list[tuple[dict[str, object], int]] = []  # each report, and the slots held then
+
+        def event(name: str, fields: dict[str, object]) -> None:
+            if name == "chain_failed":
+                failed.append((fields, entry.active))
+
+        relay.on_event = event
+        serving = asyncio.create_task(entry.serve(), name="test-auto-entry")
+        try:
+            assert await _served(entry.address[1]) == b"hello"
+            await asyncio.sleep(0.05)
+            t = time.monotonic()
+            assert await _served(entry.address[1], b"next") == b"next"  # the slot is free
+            assert time.monotonic() - t < 1.5
+            assert relay.current == ("bh",) and relay.chain_failures == 0
+            async with asyncio.timeout(5):  # the stalled attempts time out: failover
+                while relay.current == ("bh",):
+                    await asyncio.sleep(0.05)
+            assert relay.current == ()
+            assert relay.decisions[-1][1].kind == DecisionKind.FAILOVER
+            assert "did not come up within 3 s" in relay.decisions[-1][1].reason
+            fields, active = failed[0]
+            assert fields["chain"] == "bh" and active == 0  # told after its client had gone
+            async with asyncio.timeout(5):  # the second client's stalled attempt, too
+                while relay.chain_failures < 2:
+                    await asyncio.sleep(0.05)
+            assert [a for _, a in failed] == [0, 0] and entry.detached == 0
+        finally:
+            entry.stop()
+            await asyncio.wait_for(serving, 10)
+    finally:
+        hole.close()
+
+
+async def test_a_late_success_after_the_client_has_gone_is_closed(
+    tmp_path: Path, echo: EchoServer
+) -> None:
+    """The current chain's hop says OK only after 1.5 s: the race serves each client direct,
+    the next client gets the one slot at once, and each late success, after its client has
+    gone, is closed by the entry (the hop sees it end); no socket is left open."""
+    from linkscope.relay.auto import SOURCE
+    from linkscope.wire import Status, encode_status
+
+    closed: list[float] = []
+
+    async def slow_hop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            await reader.read(4096)  # the chain header (what it says does not matter here)
+            await asyncio.sleep(1.5)
+            writer.write(encode_status(Status.OK, 0))
+            await writer.drain()
+            await reader.read()  # nothing is relayed: this ends when the entry closes
+            closed.append(time.monotonic())
+        writer.close()
+
+    hop = await asyncio.start_server(slow_hop, "127.0.0.4", 0)
+    try:
+        port = int(hop.sockets[0].getsockname()[1])
+        rtts = {(SOURCE, "127.0.0.1"): 50.0, (SOURCE, "bh"): 1.0, ("bh", "127.0.0.1"): 1.0}
+        relay = _scripted_relay(tmp_path, {"bh": ("127.0.0.4", port)}, echo, rtts, 3.0)
+        assert relay.current == ("bh",)
+        sockets = _open_sockets()
+        entry = AutoEntry(relay, "127.0.0.1", 0, max_connections=1)
+        serving = asyncio.create_task(entry.serve(), name="test-auto-entry")
+        try:
+            t0 = time.monotonic()
+            assert await _served(entry.address[1]) == b"hello"
+            await asyncio.sleep(0.05)
+            assert await _served(entry.address[1], b"next") == b"next"  # the slot is free
+            assert time.monotonic() - t0 < 1.5  # both before the first late OK
+            async with asyncio.timeout(5):
+                while len(closed) < 2:
+                    await asyncio.sleep(0.02)
+            assert len(relay.setup_ms[("bh",)]) == 2  # both came up, late
+            assert relay.chain_failures == 0 and entry.detached == 0 and entry.active == 0
+        finally:
+            entry.stop()
+            await asyncio.wait_for(serving, 10)
+        assert await _settle(sockets) == sockets  # every socket of the entry is closed
+    finally:
+        hop.close()
+        await hop.wait_closed()
+
+
+async def test_stopping_the_entry_cancels_detached_attempts(
+    tmp_path: Path, echo: EchoServer
+) -> None:
+    """A detached attempt in a black hole with a 30 s chain-up timeout holds a socket and no
+    slot: stopping the entry (10 s of grace) returns at once, the attempt cancelled (not
+    blamed) and its socket closed."""
+    hole = socket.create_server(("127.0.0.4", 0))
+    try:
+        relay = _black_hole_relay(tmp_path, hole, echo, STALL, timeout=30.0)
+        sockets = _open_sockets()
+        entry = AutoEntry(relay, "127.0.0.1", 0, grace=10.0)
+        serving = asyncio.create_task(entry.serve(), name="test-auto-entry")
+        try:
+            assert await _served(entry.address[1]) == b"hello"
+            # its listener and the stalled attempt's socket (the echo's side has closed)
+            assert await _settle(sockets + 2) == sockets + 2
+        finally:
+            entry.stop()
+            t = time.monotonic()
+            await asyncio.wait_for(serving, 15)
+            stopped = time.monotonic() - t
+        assert stopped < 2.0, stopped  # not the grace: no client was left to drain
+        assert _open_sockets() == sockets
+        assert relay.chain_failures == 0 and relay.current == ("bh",)
+        assert _attempt_tasks() == set()
+    finally:
+        hole.close()
+
+
+async def test_detached_attempts_are_capped_cancelling_the_newest(
+    tmp_path: Path, echo: EchoServer
+) -> None:
+    """At most ``max_detached`` attempts run on: beyond it the newest is cancelled (the oldest
+    brings the chain's news first); once the relay has left their chain, the old ones are the
+    first to go."""
+    from linkscope.relay.auto import SOURCE
+
+    holes = [socket.create_server((f"127.0.0.{i}", 0)) for i in (4, 5)]
+    try:
+        hops = {
+            f"bh{i}": (h.getsockname()[0], int(h.getsockname()[1])) for i, h in enumerate(holes)
+        }
+        rtts = {
+            (SOURCE, "127.0.0.1"): 50.0,
+            (SOURCE, "bh0"): 1.0, ("bh0", "127.0.0.1"): 1.0,
+            (SOURCE, "bh1"): 2.0, ("bh1", "127.0.0.1"): 2.0,
+        }  # fmt: skip
+        relay = _scripted_relay(tmp_path, hops, echo, rtts, 30.0)
+        assert relay.current == ("bh0",)
+        sockets = _open_sockets()
+        entry = AutoEntry(relay, "127.0.0.1", 0, max_detached=2)
+        serving = asyncio.create_task(entry.serve(), name="test-auto-entry")
+        try:
+            for i in range(4):
+                assert await _served(entry.address[1]) == b"hello", i
+            await asyncio.sleep(0.05)
+            assert entry.detached == 2
+            assert _attempt_tasks() == {"auto-chain-up-1-bh0", "auto-chain-up-2-bh0"}
+            assert await _settle(sockets + 3) == sockets + 3  # the listener and those two
+
+            # bh0 fails (as a probe round would see): the next client's chain is bh1, which
+            # stalls too; detaching its attempt cancels the two left on bh0 first
+            d = relay.segment_result((SOURCE, "bh0"), [None, None])
+            assert d is not None and d.kind == DecisionKind.FAILOVER and d.chain == ("bh1",)
+            assert await _served(entry.address[1]) == b"hello"
+            await asyncio.sleep(0.05)
+            assert _attempt_tasks() == {"auto-chain-up-5-bh1"} and entry.detached == 1
+            assert await _settle(sockets + 2) == sockets + 2
+            assert relay.chain_failures == 0  # cancelled, never blamed
+        finally:
+            entry.stop()
+            await asyncio.wait_for(serving, 10)
+        assert await _settle(sockets) == sockets
+    finally:
+        for h in holes:
+            h.close()
