@@ -1,6 +1,7 @@
-"""The connection set-up path's reader registrations (each costs uvloop an epoll handle set up
-and torn down): an EOF queued behind the first bytes is taken without registering a reader, a
-reader left by ``recv_exact_registered`` is handed to the splice pump, and nothing is left
+"""The loop reader registrations of the connection set-up path and the splice pump (each costs
+uvloop an epoll handle set up and torn down): the pump registers none on its sockets (its own
+edge-triggered epoll watches them), a reader left by ``recv_exact_registered`` is removed when
+the pump starts, a filling and draining destination costs no registration, and nothing is left
 registered on a socket afterwards. Run on both the asyncio and the uvloop event loop.
 
 Leftover registrations are counted by ``_ReaderLedger``, not by ``loop.remove_reader``'s return
@@ -9,6 +10,8 @@ value: uvloop's returns None whether or not it removed a reader."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 import socket
 from collections import Counter
 from collections.abc import Callable, Coroutine
@@ -18,7 +21,7 @@ import pytest
 
 from linkscope.relay.entry import open_chain
 from linkscope.relay.net import close_registered, recv_exact_registered
-from linkscope.relay.pump import HAS_SPLICE, start_splice
+from linkscope.relay.pump import HAS_SPLICE, _poller_for, start_splice
 
 from .conftest import BOTH_LOOPS, LOOP_FACTORIES, AgentFactory, EchoServer
 
@@ -51,15 +54,23 @@ class _ReaderLedger:
 
     ``added`` counts new registrations, ``replaced`` an ``add_reader`` on an fd that already has
     one (a callback swap, as ``take_reader`` does), ``removed`` removals of a registration; an
-    fd in ``registered`` still has one.
+    fd in ``registered`` still has one. ``writers`` counts ``add_writer`` calls per fd. The
+    pump's own epoll is registered with the loop before the ledger starts, so it is not counted.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        _poller_for(loop)
         self.registered: set[int] = set()
         self.added: Counter[int] = Counter()
         self.replaced: Counter[int] = Counter()
         self.removed: Counter[int] = Counter()
+        self.writers: Counter[int] = Counter()
         real_add, real_remove = loop.add_reader, loop.remove_reader
+        real_add_writer = loop.add_writer
+
+        def add_writer(fd: Any, callback: Callable[..., object], *args: Any) -> None:
+            self.writers[_fileno(fd)] += 1
+            real_add_writer(fd, callback, *args)
 
         def add_reader(fd: Any, callback: Callable[..., object], *args: Any) -> None:
             n = _fileno(fd)
@@ -79,6 +90,7 @@ class _ReaderLedger:
 
         loop.add_reader = add_reader  # type: ignore[method-assign]
         loop.remove_reader = remove_reader  # type: ignore[method-assign]
+        loop.add_writer = add_writer  # type: ignore[method-assign]
 
     def assert_balanced(self) -> None:
         """Every registration made was removed again."""
@@ -99,7 +111,7 @@ async def _read_to_eof(sock: socket.socket) -> bytes:
 
 
 @LOOPS
-def test_eof_queued_behind_the_first_bytes_needs_no_reader(
+def test_eof_queued_behind_the_first_bytes_is_forwarded(
     loop_factory: Callable[[], asyncio.AbstractEventLoop],
 ) -> None:
     async def main() -> None:
@@ -112,9 +124,9 @@ def test_eof_queued_behind_the_first_bytes_needs_no_reader(
         readers = _ReaderLedger(loop)
         b_fd = b.fileno()
         done = start_splice(a, b)
-        assert readers.added[b_fd] == 0  # the down leg ended at start, no registration
+        assert readers.added[b_fd] == 0  # no loop reader: the pump's epoll watches b
         assert await _read_to_eof(client) == b"reply"  # and the half-close went on
-        client.send(b"request")
+        client.send(b"request")  # bytes and the FIN in one event: SIOCINQ counts no FIN
         client.shutdown(socket.SHUT_WR)
         assert await _read_to_eof(server) == b"request"
         stats = await done
@@ -149,8 +161,8 @@ def test_a_status_reader_is_handed_to_the_pump_and_removed(
         assert await _read_to_eof(client) == b""
         stats = await done
         assert (stats.a_to_b, stats.b_to_a, stats.error) == (1, 6, None)
-        assert readers.added[b_fd] == 1  # the pump took the registration over, made none
-        readers.assert_balanced()  # and removed it
+        assert readers.added[b_fd] == 1  # the pump made none of its own
+        readers.assert_balanced()  # and removed the one it was given
         for s in (client, server):
             s.close()
 
@@ -239,3 +251,49 @@ async def test_open_chain_returns_a_socket_without_a_reader(
             await asyncio.sleep(0.01)
     assert sum(readers.added.values()) > 0  # the agents' pumps did register readers
     readers.assert_balanced()
+
+
+@LOOPS
+def test_a_filling_and_draining_destination_costs_no_registration(
+    loop_factory: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    """8 MiB to a reader that sleeps between reads: the destination fills and drains many
+    times, and the pump adds no loop reader or writer for it (bytes still arrive intact)."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        readers = _ReaderLedger(loop)
+        client, a = _tcp_pair()
+        b, server = _tcp_pair()
+        for s in (a, b):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        pump_fds = (a.fileno(), b.fileno())
+        done = start_splice(a, b)
+        payload = os.urandom(8 << 20)
+
+        async def send() -> None:
+            await loop.sock_sendall(client, payload)
+            client.shutdown(socket.SHUT_WR)
+
+        async def receive() -> bytes:
+            got = bytearray()
+            while chunk := await loop.sock_recv(server, 256 * 1024):
+                got += chunk
+                await asyncio.sleep(0.002)
+            return bytes(got)
+
+        sender = asyncio.create_task(send(), name="test-sender")
+        got = await receive()
+        await sender
+        assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+        server.shutdown(socket.SHUT_WR)
+        assert await _read_to_eof(client) == b""
+        stats = await done
+        assert (stats.a_to_b, stats.b_to_a, stats.error) == (len(payload), 0, None)
+        assert a.fileno() == b.fileno() == -1
+        assert [(readers.added[fd], readers.writers[fd]) for fd in pump_fds] == [(0, 0), (0, 0)]
+        readers.assert_balanced()
+        for s in (client, server):
+            s.close()
+
+    _run(loop_factory, main())
