@@ -344,6 +344,41 @@ def conn_rate_only(rounds: int, seconds: float, say: Callable[[str], None]) -> N
             f"{', '.join(f'{x:.0f}' for x in rates[kind])} | {us:.0f} | {sy:.0f} |")  # fmt: skip
 
 
+def latency(kinds: list[str], rounds: int, say: Callable[[str], None]) -> None:
+    """Added round-trip time of a 1-byte ping-pong per forwarding process (1 hop: 2 processes);
+    the anchor is the better haproxy (splice forced or splice-auto)."""
+    # Latency: rounds interleaved as for throughput (one 3,000-round-trip run per relay per
+    # round, direct measured again each round); each figure is the median over the rounds.
+    echo = EchoThread()
+    lat_kinds = [*kinds, "haproxy-auto"]  # the anchor: the better haproxy at p50
+    direct_rtt: list[tuple[float, float]] = []
+    rtts: dict[str, list[tuple[float, float]]] = {k: [] for k in lat_kinds}
+    for _ in range(rounds):
+        direct_rtt.append(ping_pong(echo.port))
+        for kind in lat_kinds:
+            with chain(kind, 1, echo.port) as c:
+                rtts[kind].append(ping_pong(c.entry_port))
+    d50 = statistics.median(p for p, _ in direct_rtt)
+    d99 = statistics.median(p for _, p in direct_rtt)
+    say("")
+    say(f"1-byte ping-pong, direct: p50 {d50:.0f} µs, p99 {d99:.0f} µs "
+        f"(medians of {rounds} interleaved rounds)")  # fmt: skip
+    say("| relay | hops (processes) | p50 µs | p99 µs | added p50/process | added p99/process |"
+        " × best haproxy (p50 added) | p50 per round |")  # fmt: skip
+    say("|---|---|---|---|---|---|---|---|")
+    lat: dict[str, tuple[float, float]] = {}
+    for kind in lat_kinds:
+        p50 = statistics.median(p for p, _ in rtts[kind])
+        p99 = statistics.median(p for _, p in rtts[kind])
+        lat[kind] = ((p50 - d50) / 2, (p99 - d99) / 2)
+    best = min(lat["haproxy"][0], lat["haproxy-auto"][0])
+    for kind in lat_kinds:
+        a50, a99 = lat[kind]
+        rounds_text = ", ".join(f"{p:.0f}" for p, _ in rtts[kind])
+        say(f"| {kind} | 1 (2) | {a50 * 2 + d50:.0f} | {a99 * 2 + d99:.0f} | {a50:.0f} | "
+            f"{a99:.0f} | {a50 / best:.2f} | {rounds_text} |")  # fmt: skip
+
+
 def cpu_split(pids: list[int]) -> tuple[float, float]:
     """(user, system) CPU-seconds of ``pids``."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -378,7 +413,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--rounds", type=int, default=3, help="median over this many rounds")
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--only", choices=["conn"], default=None, help="run one part only")
+    ap.add_argument("--only", choices=["conn", "latency"], default=None, help="run one part only")
     args = ap.parse_args()
     t = args.seconds
     lines: list[str] = []
@@ -387,8 +422,13 @@ def main() -> None:
         print(line, flush=True)
         lines.append(line)
 
-    if args.only == "conn":
-        conn_rate_only(args.rounds, t, say)
+    if args.only:
+        if args.only == "conn":
+            conn_rate_only(args.rounds, t, say)
+        else:
+            latency(
+                ["linkscope-splice", "linkscope-buffered", "haproxy", "socat"], args.rounds, say
+            )
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text("\n".join(lines) + "\n")
@@ -442,24 +482,8 @@ def main() -> None:
         say(f"| {kind} | {hops} ({hops + 1}) | -P{streams} | {gbps:.1f} | {gbps / direct:.2f} | "
             f"{gbps / h:.2f} | {gbps / s:.2f} | {cpu_text} |")  # fmt: skip
 
+    latency(kinds, args.rounds, say)
     echo = EchoThread()
-    d50, d99 = ping_pong(echo.port)
-    say("")
-    say(f"1-byte ping-pong, direct: p50 {d50:.0f} µs, p99 {d99:.0f} µs")
-    say("| relay | hops (processes) | p50 µs | p99 µs | added p50/process | added p99/process |"
-        " × best haproxy (p50 added) |")  # fmt: skip
-    say("|---|---|---|---|---|---|---|")
-    lat: dict[str, tuple[float, float]] = {}
-    lat_kinds = [*kinds, "haproxy-auto"]  # the anchor: the better haproxy at p50
-    for kind in lat_kinds:
-        with chain(kind, 1, echo.port) as c:
-            p50, p99 = ping_pong(c.entry_port)
-        lat[kind] = ((p50 - d50) / 2, (p99 - d99) / 2)
-    best = min(lat["haproxy"][0], lat["haproxy-auto"][0])
-    for kind in lat_kinds:
-        a50, a99 = lat[kind]
-        say(f"| {kind} | 1 (2) | {a50 * 2 + d50:.0f} | {a99 * 2 + d99:.0f} | {a50:.0f} | "
-            f"{a99:.0f} | {a50 / best:.2f} |")  # fmt: skip
 
     closer_port = free_port()
     closer = subprocess.Popen([PY, "-c", CLOSER, str(closer_port)])
