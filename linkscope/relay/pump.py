@@ -47,6 +47,7 @@ DEFAULT_MODE: PumpMode = "splice" if HAS_SPLICE else "buffered"
 _F_SETPIPE_SZ: Final = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _SPLICE_FLAGS: Final = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 _ZERO4: Final = bytes(4)
+_LINGER_RESET: Final = b"\x01\0\0\0\0\0\0\0"  # SO_LINGER on, 0 s: close() sends an RST
 _IN_EVENTS: Final = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 _OUT_EVENTS: Final = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
 _HANGUP_EVENTS: Final = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
@@ -241,6 +242,7 @@ class _SpliceLeg:
                     conn.fail(exc)
                     return
                 self.in_pipe -= m
+                conn.active = True  # a slow reader taking bytes is not idle
                 continue
             if self.pipe is not None:  # drained: an idle direction holds no pipe
                 conn.pool.release(self.pipe)
@@ -299,6 +301,14 @@ class _SpliceLeg:
         self.conn.leg_done()
 
 
+def _unsent(fd: int) -> int:
+    """Bytes in a socket's send queue, not yet acknowledged (SIOCOUTQ); -1 on an error."""
+    try:
+        return int.from_bytes(fcntl.ioctl(fd, termios.TIOCOUTQ, _ZERO4), sys.byteorder)
+    except OSError:
+        return -1
+
+
 def _queued(fd: int) -> int:
     """Bytes waiting in a socket's receive queue (SIOCINQ)."""
     try:
@@ -309,8 +319,8 @@ def _queued(fd: int) -> int:
 
 class _SpliceConn:
     __slots__ = (
-        "_timer", "a", "a_fd", "active", "b", "b_fd", "closed", "done", "down", "idle_timeout",
-        "loop", "poller", "pool", "up",
+        "_timer", "_unsent", "a", "a_fd", "active", "b", "b_fd", "closed", "done", "down",
+        "idle_timeout", "loop", "poller", "pool", "up",
     )  # fmt: skip
 
     def __init__(
@@ -332,6 +342,7 @@ class _SpliceConn:
         self.active = False
         self.idle_timeout = idle_timeout
         self._timer: asyncio.TimerHandle | None = None
+        self._unsent = (0, 0)
 
     def start(self) -> None:
         try:
@@ -367,6 +378,12 @@ class _SpliceConn:
     def _check_idle(self) -> None:
         if self.closed:
             return
+        # Bytes the kernel still sends from a socket's queue move too (a slow reader, with
+        # nothing left for the pump to do meanwhile).
+        unsent = (_unsent(self.a_fd), _unsent(self.b_fd))
+        if unsent != self._unsent:
+            self.active = True
+            self._unsent = unsent
         if not self.active:
             self.fail(TimeoutError(f"idle for {self.idle_timeout} s"))
             return
@@ -395,7 +412,7 @@ class _SpliceConn:
             # Reset both peers so neither waits for bytes that will never come.
             for sock in (self.a, self.b):
                 with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
         for sock in (self.a, self.b):
             sock.close()
         if not self.done.done():
@@ -468,6 +485,15 @@ class _Side(asyncio.BufferedProtocol):
         self.lost = False
         self.pending = bytearray()
 
+    def pending_out(self) -> tuple[int, int]:
+        """Bytes not yet sent: in the transport's buffer, and in the socket's send queue."""
+        t = self.transport
+        if t is None:
+            return (0, 0)
+        sock = t.get_extra_info("socket")
+        fd = sock.fileno() if sock is not None else -1
+        return (t.get_write_buffer_size(), _unsent(fd) if fd >= 0 else -1)
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement the interface without subclassing asyncio.Transport.
         self.transport = cast(asyncio.Transport, transport)
@@ -537,6 +563,7 @@ class _BufferedConn:
         self.active = False
         self.idle_timeout = idle_timeout
         self._timer: asyncio.TimerHandle | None = None
+        self._sizes: tuple[int, ...] = ()
         shared = _buffers.get(id(loop))
         if shared is None:
             shared = _buffers[id(loop)] = _SharedBuffer()
@@ -552,20 +579,32 @@ class _BufferedConn:
     def _check_idle(self) -> None:
         if self.done.done():
             return
-        if not self.active:
-            self.finish(TimeoutError(f"idle for {self.idle_timeout} s"))
+        # Bytes leaving a write buffer or the kernel's send queue moved too (a slow reader,
+        # reading paused meanwhile).
+        sizes = (*self.a.pending_out(), *self.b.pending_out())
+        if sizes != self._sizes:
+            self.active = True
+            self._sizes = sizes
+        if not self.active:  # nothing in flight: a FIN ends it, as before
+            self.finish(TimeoutError(f"idle for {self.idle_timeout} s"), reset=False)
             return
         self.active = False
         assert self.idle_timeout is not None
         self._timer = self.loop.call_later(self.idle_timeout, self._check_idle)
 
-    def finish(self, exc: Exception | None) -> None:
+    def finish(self, exc: Exception | None, *, reset: bool = True) -> None:
         if exc is not None and self._error is None:
             self._error = exc
         for side in (self.a, self.b):
             t = side.transport
             if t is not None and not t.is_closing():
                 if exc is not None:
+                    if reset:
+                        # A reset, not a FIN, as the splice pump does: a FIN would make a cut
+                        # stream look complete to the other peer.
+                        sock = t.get_extra_info("socket")
+                        with contextlib.suppress(OSError, AttributeError):
+                            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
                     t.abort()
                 else:
                     t.close()  # flushes what is buffered, then closes
