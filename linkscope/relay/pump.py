@@ -362,6 +362,15 @@ class _SpliceConn:
         """Readiness of one of the two sockets: ``a`` is the source of ``up`` and the
         destination of ``down``, ``b`` the reverse."""
         src_of, dst_of = (self.up, self.down) if fd == self.a_fd else (self.down, self.up)
+        if events & select.EPOLLERR:
+            # A reset or another error on either socket ends the connection now, even when
+            # neither leg would touch that socket again soon (its reader not reading, so the
+            # pipe towards it is full; or its direction already half-closed).
+            sock = self.a if fd == self.a_fd else self.b
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                self.fail(OSError(err, os.strerror(err)))
+                return
         if events & _OUT_EVENTS:
             dst_of.writable = True
             dst_of.run()

@@ -901,3 +901,72 @@ async def test_a_slow_reader_is_not_idle(mode: PumpMode) -> None:
         f"at ~{len(got) / elapsed / KiB:.0f} KiB/s: {stats}"
     )
     assert bytes(got) == payload
+
+
+@BOTH_LOOPS
+async def test_a_reset_is_seen_while_the_client_does_not_read() -> None:
+    """The server resets while the client reads nothing (the pipe towards it full, so the
+    splice pump would not read the server's socket): the pump ends with the error at once and
+    resets the client too. (The buffered pump notices only when the client reads again.)"""
+    loop = asyncio.get_running_loop()
+    await _warm_up("splice")
+    before = _fd_baseline()
+    pool = _install_pool(loop, None)
+    client, a = _tcp_pair(near=(64 * KiB, None))
+    b, server = _tcp_pair()
+    done = start_splice(a, b)
+    server.setblocking(False)
+    streaming = asyncio.create_task(_stream(server), name="server-stream")
+    await asyncio.sleep(0.5)  # the client's buffer, a's send queue and the pipe fill up
+    streaming.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await streaming
+    assert not done.done()
+    _reset(server)
+    stats = await asyncio.wait_for(done, 2)
+    assert stats.error == "ECONNRESET", stats
+    client_end: list[BaseException | bytes] = []
+    reader = _thread(_recv_until_error, client, client_end)
+    await asyncio.to_thread(reader.join, 2)
+    client.close()
+    assert len(client_end) == 1 and isinstance(client_end[0], ConnectionResetError), client_end
+    assert not _poller_for(loop).conns
+    _check_pool(pool)
+    await _assert_no_fd_leak(before)
+
+
+@BOTH_LOOPS
+async def test_a_reset_after_a_half_close_ends_the_splice_pump() -> None:
+    """The client sends a request, half-closes, then resets while the server is quiet: the
+    pump must not wait for the server to write before noticing (it ends, resetting the
+    server)."""
+    loop = asyncio.get_running_loop()
+    await _warm_up("splice")
+    before = _fd_baseline()
+    pool = _install_pool(loop, None)
+    client, a = _tcp_pair()
+    b, server = _tcp_pair()
+    done = start_splice(a, b)
+    client.sendall(b"request")
+    client.shutdown(socket.SHUT_WR)
+    server.settimeout(2)
+    assert await asyncio.to_thread(_read_all, server) == b"request"  # and the FIN
+    _reset(client)
+    stats = await asyncio.wait_for(done, 2)
+    assert stats.error in ("ECONNRESET", "EPIPE"), stats
+    assert (stats.a_to_b, stats.b_to_a) == (7, 0)
+    with pytest.raises((ConnectionResetError, BrokenPipeError)):  # reset: nothing more goes
+        server.send(b"reply")
+        await asyncio.sleep(0.05)
+        server.send(b"reply")
+    server.close()
+    assert not _poller_for(loop).conns
+    _check_pool(pool)
+    await _assert_no_fd_leak(before)
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    got = bytearray()
+    while chunk := sock.recv(65536):
+        got += chunk
+    return bytes(got)
