@@ -699,6 +699,17 @@ def _recv_until_error(sock: socket.socket, outcome: list[BaseException | bytes])
         outcome.append(exc)
 
 
+async def _stream_to(client: socket.socket, server: socket.socket) -> int:
+    """The server streams while the client reads 1 MiB (in a thread): the count read."""
+    server.setblocking(False)
+    streaming = asyncio.create_task(_stream(server), name="server-stream")
+    got = await asyncio.to_thread(_recv_count, client, 1 << 20)
+    streaming.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await streaming
+    return got
+
+
 async def _stream(sock: socket.socket) -> None:
     loop = asyncio.get_running_loop()
     block = bytes(256 * KiB)
@@ -729,12 +740,7 @@ async def test_a_server_reset_mid_transfer_ends_the_pump_and_the_client(
         threads.append(_thread(_send_forever, client, client_end))
         got = await asyncio.to_thread(_recv_count, server, 1 << 20)
     else:
-        server.setblocking(False)
-        streaming = asyncio.create_task(_stream(server), name="server-stream")
-        got = await asyncio.to_thread(_recv_count, client, 1 << 20)
-        streaming.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await streaming
+        got = await _stream_to(client, server)
     assert got == 1 << 20, f"the stream stalled before the reset: {got} bytes"
     _reset(server)
     reset_at = loop.time()
@@ -761,12 +767,7 @@ async def test_a_server_reset_reaches_the_client_as_a_reset(mode: PumpMode) -> N
     client, a = _tcp_pair()
     b, server = _tcp_pair()
     task = asyncio.ensure_future(pump(a, b, mode=mode))
-    server.setblocking(False)
-    streaming = asyncio.create_task(_stream(server), name="server-stream")
-    got = await asyncio.to_thread(_recv_count, client, 1 << 20)
-    streaming.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await streaming
+    got = await _stream_to(client, server)
     assert got == 1 << 20, f"the stream stalled before the reset: {got} bytes"
     _reset(server)
     client_end: list[BaseException | bytes] = []
